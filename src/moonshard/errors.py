@@ -1,0 +1,64 @@
+"""Domain errors raised to moonshard's users: each carries a clear, one-line message."""
+
+from __future__ import annotations
+
+__all__ = [
+    "HostCallError",
+    "LimitExceeded",
+    "MoonshardError",
+    "NotBuiltError",
+    "SchemaError",
+    "TemplateError",
+    "ValueConversionError",
+]
+
+
+class MoonshardError(Exception):
+    """Base of every error moonshard raises on purpose."""
+
+
+class TemplateError(MoonshardError):
+    """A template was refused: it does not compile, or does not return a table of handlers.
+
+    ``file`` and ``line`` locate the problem when it has a place in the source.
+    """
+
+    def __init__(
+        self, message: str, *, template: str | None = None, file: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.template = template
+        self.file = file
+        self.line = line
+        self.message = message
+        where = ":".join(str(part) for part in (file, line) if part is not None)
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": "compile_error", "template": self.template, "file": self.file,
+                "line": self.line, "message": self.message}
+
+
+class LimitExceeded(MoonshardError):
+    """A limit was broken; ``limit`` names which one (for example ``kv.value_size``)."""
+
+    def __init__(self, limit: str, message: str, *, retry_after: float | None = None) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class ValueConversionError(MoonshardError):
+    """A value cannot cross between Lua and JSON (a function, a cycle, a mixed table...)."""
+
+
+class HostCallError(MoonshardError):
+    """A host capability refused a template's call; the message is shown to the template."""
+
+
+class SchemaError(MoonshardError):
+    """The database schema cannot be used by this version of moonshard."""
+
+
+class NotBuiltError(MoonshardError):
+    """A part of moonshard that is named in the contract but not built yet."""
