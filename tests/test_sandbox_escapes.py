@@ -131,7 +131,9 @@ async def test_python_is_unreachable_through_ctx_and_event(harness: Harness) -> 
             local mt = getmetatable(v)
             if mt then walk(mt, path .. "<mt>") end
             if t == "table" then
-              for k, x in pairs(v) do walk(k, path .. "[k]"); walk(x, path .. "." .. tostring(k)) end
+              for k, x in pairs(v) do
+                walk(k, path .. "[k]"); walk(x, path .. "." .. tostring(k))
+              end
             end
           end
         end
@@ -162,8 +164,10 @@ async def test_python_error_objects_do_not_leak(harness: Harness) -> None:
         return {type(err), err, type(err2), err2}
     """)
     assert isinstance(value, list)
-    assert value[0] == "string" and "json.decode: invalid JSON" in value[1]
-    assert value[2] == "string" and "cannot be converted to JSON" in value[3]
+    assert value[0] == "string"
+    assert "json.decode: invalid JSON" in value[1]
+    assert value[2] == "string"
+    assert "cannot be converted to JSON" in value[3]
 
 
 async def test_host_calls_pass_through_user_coroutines(harness: Harness) -> None:

@@ -78,7 +78,8 @@ async def test_memory_hogs_stop_with_the_memory_limit(body: str) -> None:
     result = await harness.run("RUN")
     assert not result.ok
     assert result.error == "memory limit exceeded"
-    assert harness.vm is not None and harness.vm.broken == "memory"
+    assert harness.vm is not None
+    assert harness.vm.broken == "memory"
     # A fresh VM for the same tenant works again.
     harness.new_vm()
     assert await harness.value("return 'rebuilt'") == "rebuilt"
@@ -117,7 +118,8 @@ async def test_deeply_nested_tables_from_json_are_refused(harness: Harness) -> N
     value = await harness.value(
         "local ok, err = pcall(json.decode, string.rep('[', 5000) .. string.rep(']', 5000))"
         " return err")
-    assert isinstance(value, str) and "json.decode" in value
+    assert isinstance(value, str)
+    assert "json.decode" in value
 
 
 PATTERN_BOMBS = {

@@ -92,8 +92,10 @@ def test_template_sets_are_immutable_and_versioned() -> None:
     assert [t.name for t in first.templates] == ["a", "b"]
     assert first.subscriptions == {"X"}  # a paused template subscribes to nothing
     second = first.with_template(Template("a", {"init.lua": "return {}"}, events=("Z",)), 2)
-    assert first.subscriptions == {"X"} and second.subscriptions == {"Z"}
-    assert second.version == 2 and first.version == 1
+    assert first.subscriptions == {"X"}
+    assert second.subscriptions == {"Z"}
+    assert second.version == 2
+    assert first.version == 1
     assert second.without("a", 3).templates == (b,)
     with pytest.raises(TypeError):
         a.files["init.lua"] = "changed"  # type: ignore[index]

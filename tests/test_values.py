@@ -101,7 +101,8 @@ async def test_unconvertible_host_arguments_fail_at_the_call(harness: Harness) -
     error = await harness.error("\nlocal x = ctx.kv.get('k', {scope = print})",
                                 capabilities={"kv": host})
     assert error.startswith("init.lua:3:")
-    assert "argument #2" in error and "cannot be converted to JSON" in error
+    assert "argument #2" in error
+    assert "cannot be converted to JSON" in error
     assert host.calls == []
 
 
@@ -128,7 +129,8 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=json_values)
 async def test_any_json_value_round_trips(harness: Harness, value: JsonValue) -> None:
     if harness.vm is None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from types import MappingProxyType
 
 __all__ = ["Limits", "parse_size"]
 
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmg]i?b?|b)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
+_UNITS = MappingProxyType({"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
           "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
-          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3}
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3})
 
 
 def parse_size(text: str | int) -> int:

@@ -72,7 +72,7 @@ class TenantId:
 
 
 def worker_index(tenant: TenantId, workers: int) -> int:
-    """The worker that owns ``tenant``: Discord's shard formula for snowflakes, else a stable hash."""
+    """The worker that owns ``tenant``: Discord's shard formula for snowflakes, else a hash."""
     if workers < 1:
         raise ValueError("workers must be at least 1")
     if _kind(tenant.kind).snowflake:

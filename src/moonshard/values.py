@@ -8,7 +8,7 @@ from typing import TypeAlias
 __all__ = ["JsonValue", "dumps_json", "loads_json"]
 
 JsonValue: TypeAlias = (
-    None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+    bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 )
 
 

@@ -70,14 +70,15 @@ class ValueBridge:
 
     def _read(self, obj: Any, depth: int, root: Any) -> JsonValue:
         if obj is None or isinstance(obj, bool | str | int):
-            return obj  # type: ignore[no-any-return]
+            return obj
         if isinstance(obj, float):
             if not math.isfinite(obj):
                 raise ValueConversionError("numbers must be finite (no NaN or infinity)")
             return obj
         kind = lua54.lua_type(obj)
         if kind != "table":
-            raise ValueConversionError(f"a {kind or type(obj).__name__} cannot be converted to JSON")
+            name = kind or type(obj).__name__
+            raise ValueConversionError(f"a {name} cannot be converted to JSON")
         if depth >= MAX_DEPTH:
             if self._find_cycle(root):
                 raise ValueConversionError("the table contains a cycle (it refers to itself)")
@@ -100,4 +101,5 @@ class ValueBridge:
         if isinstance(bad, int | float) and not isinstance(bad, bool):
             raise ValueConversionError(
                 f"a table mixes array items and string keys (key {bad!r}); use one or the other")
-        raise ValueConversionError(f"table keys must be strings, got a {type(bad).__name__} key")
+        bad_kind = lua54.lua_type(bad) or type(bad).__name__
+        raise ValueConversionError(f"table keys must be strings, got a {bad_kind} key")

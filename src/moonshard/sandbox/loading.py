@@ -50,6 +50,6 @@ async def build_vm(
     for template in template_set.templates:
         try:
             await load_template(vm, template.name, template.files, run_step)
-        except Exception as error:  # noqa: BLE001 - one bad template must not stop the others
+        except Exception as error:
             log("error", template.name, f"template failed to load and is skipped: {error}")
     return vm

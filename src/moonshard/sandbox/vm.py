@@ -52,8 +52,16 @@ class TenantVM:
     VM must be discarded and rebuilt.
     """
 
-    __slots__ = ("_bridge", "_kernel", "_log", "_runtime", "broken", "limits", "tenant",
-                 "templates")
+    __slots__ = (
+        "_bridge",
+        "_kernel",
+        "_log",
+        "_runtime",
+        "broken",
+        "limits",
+        "templates",
+        "tenant",
+    )
 
     def __init__(self, tenant: TenantId, limits: Limits, log: LogSink) -> None:
         self.tenant = tenant

@@ -1,0 +1,1 @@
+"""``moonshard bench``: benchmarks, each measured beside its baseline in the same run."""

@@ -1,0 +1,27 @@
+"""The ``moonshard`` command."""
+
+from __future__ import annotations
+
+import click
+
+from moonshard.cli.bench_cmd import bench
+from moonshard.cli.exec_cmd import exec_template
+from moonshard.cli.unbuilt import unbuilt_commands
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="moonshard")
+def cli() -> None:
+    """moonshard: run tenants' Lua templates on Discord events, sandboxed and durable."""
+
+
+cli.add_command(exec_template)
+cli.add_command(bench)
+for command in unbuilt_commands():
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

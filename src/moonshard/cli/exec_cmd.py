@@ -1,0 +1,160 @@
+"""``moonshard exec``: run a template folder against one event in a fresh sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import MappingProxyType
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from moonshard.errors import LimitExceeded, TemplateError
+from moonshard.events import Event
+from moonshard.limits import Limits, parse_size
+from moonshard.localrun import LocalRunner, RunReport
+from moonshard.sandbox.watchdog import StepWatchdog
+from moonshard.tenants import TenantId
+from moonshard.values import JsonValue
+
+__all__ = ["exec_template"]
+
+_LEVEL_STYLES = MappingProxyType(
+    {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"})
+
+
+def read_template_dir(directory: Path) -> dict[str, str]:
+    """Every ``.lua`` file below ``directory``, keyed by its path relative to it."""
+    files: dict[str, str] = {}
+    for path in sorted(directory.rglob("*.lua")):
+        relative = path.relative_to(directory).as_posix()
+        try:
+            files[relative] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise click.UsageError(f"{path}: not UTF-8 text") from None
+    return files
+
+
+def _parse_data(text: str | None) -> JsonValue:
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise click.BadParameter(f"cannot read {text[1:]}: {error.strerror}",
+                                     param_hint="--data") from None
+    try:
+        value: JsonValue = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON: {error}", param_hint="--data") from None
+    return value
+
+
+class _LogPrinter:
+    """Prints a template's log lines to stderr as they happen."""
+
+    __slots__ = ("_console",)
+
+    def __init__(self) -> None:
+        self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def __call__(self, level: str, template: str, message: str) -> None:
+        line = Text()
+        line.append(f"[{level}] ", style=_LEVEL_STYLES.get(level, ""))
+        line.append(f"{template}: ", style="bold")
+        line.append(message)
+        self._console.print(line)
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+@click.command("exec")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--event", "event_name", required=True, help="Event name, e.g. MESSAGE_CREATE.")
+@click.option("--data", "data_text", help="Event data as JSON, or @file to read it from a file.")
+@click.option("--author", help="The user snowflake the event is from.")
+@click.option("--tenant", "tenant_text", default="guild:1", show_default=True,
+              help="The tenant: guild:<id> or user:<id>.")
+@click.option("--memory", default="25MiB", show_default=True, help="VM memory limit.")
+@click.option("--cpu", type=float, default=10.0, show_default=True,
+              help="CPU seconds per handler run.")
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
+              help="An SQLite file that keeps ctx.kv between runs (default: a throwaway store).")
+def exec_template(
+    directory: Path, event_name: str, data_text: str | None, author: str | None,
+    tenant_text: str, memory: str, cpu: float, state: Path | None,
+) -> None:
+    """Run the template in DIRECTORY against one event and print the results as JSON.
+
+    Exit status: 0 when every handler succeeded, 1 when one failed, 2 on a usage error.
+    """
+    try:
+        tenant = TenantId.parse(tenant_text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--tenant") from None
+    try:
+        limits = Limits(memory_bytes=parse_size(memory), cpu_seconds=cpu)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--memory") from None
+    if not cpu > 0:
+        raise click.BadParameter("must be a positive number of seconds", param_hint="--cpu")
+    try:
+        event = Event(event_name, _parse_data(data_text), author=author)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    files = read_template_dir(directory)
+    name = directory.resolve().name
+    if not name or not name[0].isalnum():
+        name = "template"
+
+    def on_stuck(seconds: float) -> None:
+        # The Lua call is stuck in C code: report it and end this process, the only sure stop.
+        _print_json({"tenant": str(tenant), "event": {"name": event.name, "id": event.id},
+                     "results": [{"template": name, "ok": False, "error": (
+                         f"wall-clock limit exceeded: one call ran {seconds:.1f} s without "
+                         "returning (stuck in C code, such as a pattern match); the VM was "
+                         "killed")}]})
+        click.echo(f"error: {name}: handler killed after {seconds:.1f} s of wall-clock time",
+                   err=True)
+        sys.stderr.flush()
+        os._exit(1)
+
+    with tempfile.TemporaryDirectory(prefix="moonshard-exec-") as scratch:
+        database = state.resolve() if state else Path(scratch) / "kv.db"
+        with StepWatchdog(limits.hard_wall_seconds, on_stuck) as watchdog:
+            runner = LocalRunner(tenant, limits, f"sqlite:///{database}", _LogPrinter(),
+                                 watchdog.run_step)
+            try:
+                report = asyncio.run(runner.run(name, files, event))
+            except (TemplateError, LimitExceeded) as error:
+                _print_template_error(name, error)
+                sys.exit(1)
+    _print_report(tenant, report)
+    sys.exit(0 if report.ok else 1)
+
+
+def _print_template_error(name: str, error: TemplateError | LimitExceeded) -> None:
+    if isinstance(error, TemplateError):
+        body = error.to_json()
+    else:
+        body = {"code": "limit_exceeded", "template": name, "limit": error.limit,
+                "message": str(error)}
+    _print_json({"error": body})
+    click.echo(f"error: {name}: {error}", err=True)
+
+
+def _print_report(tenant: TenantId, report: RunReport) -> None:
+    _print_json({"tenant": str(tenant), **report.to_json()})
+    if not report.handled:
+        click.echo(
+            f"warning: no handler for {report.event.name}; this template handles: "
+            f"{', '.join(report.subscriptions) or 'nothing'}", err=True)

@@ -1,0 +1,123 @@
+"""Running one template for one tenant on this machine: the engine of ``moonshard exec``.
+
+It wires a real store, real capabilities and one VM together, without workers; emitted events
+are delivered after the event that emitted them, as in the service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from moonshard.events import Event, HandlerResult
+from moonshard.host.api import Capability
+from moonshard.host.dispatch import dispatch_event
+from moonshard.host.events import EmitOnly
+from moonshard.host.kv import KVSession
+from moonshard.host.ratelimit import RateLimiter
+from moonshard.limits import Limits
+from moonshard.sandbox.driver import StepRunner
+from moonshard.sandbox.loading import build_vm, validate_template
+from moonshard.sandbox.vm import LogSink, TenantVM
+from moonshard.store import open_store
+from moonshard.store.api import Store
+from moonshard.templates import Template, TemplateSet
+from moonshard.tenants import TenantId
+from moonshard.values import JsonValue
+
+__all__ = ["EventReport", "LocalRunner", "RunReport"]
+
+# Emitted events may emit again; this bounds a chain so a loop of emits ends.
+_MAX_EVENTS_PER_RUN = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventReport:
+    event: Event
+    results: list[HandlerResult]
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {"event": {"name": self.event.name, "id": self.event.id},
+                "results": [result.to_json() for result in self.results]}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunReport:
+    """The event's results, then those of the events its handlers emitted."""
+
+    event: Event
+    results: list[HandlerResult]
+    emitted: list[EventReport]
+    subscriptions: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        every = [*self.results, *(r for report in self.emitted for r in report.results)]
+        return all(result.ok for result in every)
+
+    @property
+    def handled(self) -> bool:
+        return self.event.name in self.subscriptions
+
+    def to_json(self) -> dict[str, JsonValue]:
+        out = EventReport(self.event, self.results).to_json()
+        out["emitted"] = [report.to_json() for report in self.emitted]
+        return out
+
+
+class LocalRunner:
+    """One tenant, one template, one VM, one store."""
+
+    __slots__ = ("_database_url", "_limits", "_log", "_run_step", "_tenant")
+
+    def __init__(self, tenant: TenantId, limits: Limits, database_url: str, log: LogSink,
+                 run_step: StepRunner[object]) -> None:
+        self._tenant = tenant
+        self._limits = limits
+        self._database_url = database_url
+        self._log = log
+        self._run_step = run_step
+
+    async def run(self, name: str, files: Mapping[str, str], event: Event) -> RunReport:
+        """Validates and loads the template, then runs ``event`` and what it emits.
+
+        Raises TemplateError (or LimitExceeded) when the template is refused.
+        """
+        checked = await validate_template(self._tenant, name, files, self._limits,
+                                          self._run_step)
+        template = dataclasses.replace(checked, version=1)
+        template_set = TemplateSet(self._tenant, 1, (template,))
+        store = await open_store(self._database_url)
+        try:
+            return await self._run_events(store, template_set, event)
+        finally:
+            await store.close()
+
+    async def _run_events(self, store: Store, template_set: TemplateSet,
+                          first: Event) -> RunReport:
+        queue: list[Event] = [first]
+        reports: list[EventReport] = []
+        rate_limiter = RateLimiter.for_kv()
+        vm: TenantVM | None = None
+
+        def open_capabilities(template: Template, event: Event) -> Mapping[str, Capability]:
+            return {
+                "kv": KVSession(store.kv, self._tenant, self._limits, rate_limiter),
+                "events": EmitOnly(queue.extend, self._limits.emits_per_dispatch,
+                                   author=event.author),
+            }
+
+        while queue and len(reports) < _MAX_EVENTS_PER_RUN:
+            event = queue.pop(0)
+            if vm is None or vm.broken is not None:
+                vm = await build_vm(template_set, self._limits, self._log, self._run_step)
+            results = await dispatch_event(vm, template_set, event, open_capabilities,
+                                           self._run_step, self._log)
+            reports.append(EventReport(event, results))
+        if queue:
+            self._log("warn", template_set.templates[0].name,
+                      f"stopped after {_MAX_EVENTS_PER_RUN} events; {len(queue)} emitted events "
+                      "were not run")
+        head = reports[0]
+        return RunReport(head.event, head.results, reports[1:],
+                         template_set.templates[0].events)
