@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from moonshard.engine import Engine, GatewayOutcome
 from moonshard.errors import (
     LimitExceeded,
     MoonshardError,
@@ -15,7 +16,9 @@ from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 
 __all__ = [
+    "Engine",
     "Event",
+    "GatewayOutcome",
     "HandlerResult",
     "LimitExceeded",
     "Limits",
@@ -28,10 +31,3 @@ __all__ = [
     "ValueConversionError",
 ]
 
-
-def __getattr__(name: str) -> object:
-    if name == "Engine":
-        raise NotBuiltError(
-            "moonshard.Engine is not built yet: the worker issue delivers it. "
-            "Use 'moonshard exec' or moonshard.localrun.LocalRunner meanwhile.")
-    raise AttributeError(f"module 'moonshard' has no attribute {name!r}")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "HostCallError",
+    "Overloaded",
+    "TenantQuarantined",
+    "WorkerCrashed",
+    "WorkerUnavailable",
     "LimitExceeded",
     "MoonshardError",
     "NotBuiltError",
@@ -62,3 +66,35 @@ class SchemaError(MoonshardError):
 
 class NotBuiltError(MoonshardError):
     """A part of moonshard that is named in the contract but not built yet."""
+
+
+class Overloaded(MoonshardError):
+    """A queue is full; the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class WorkerCrashed(MoonshardError):
+    """The worker running this request died; the request was not completed.
+
+    ``stuck`` is set when the worker was ended because one Lua call was stuck; it names the
+    tenant and event (``"guild:1 MESSAGE_CREATE"``) so that only that tenant is blamed.
+    """
+
+    def __init__(self, message: str, *, stuck: str | None = None) -> None:
+        self.stuck = stuck
+        super().__init__(message)
+
+
+class WorkerUnavailable(MoonshardError):
+    """No worker can take the request now (restarting past its budget, or stopping)."""
+
+
+class TenantQuarantined(MoonshardError):
+    """The tenant's events crashed workers repeatedly; it is paused until ``until``."""
+
+    def __init__(self, message: str, *, until: float) -> None:
+        self.until = until
+        super().__init__(message)

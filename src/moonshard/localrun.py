@@ -14,7 +14,7 @@ from moonshard.host.api import Capability
 from moonshard.host.dispatch import dispatch_event
 from moonshard.host.events import EmitOnly
 from moonshard.host.kv import KVSession
-from moonshard.host.ratelimit import RateLimiter
+from moonshard.host.ratelimit import GcraLimiter
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner
 from moonshard.sandbox.loading import build_vm, validate_template
@@ -97,7 +97,7 @@ class LocalRunner:
                           first: Event) -> RunReport:
         queue: list[Event] = [first]
         reports: list[EventReport] = []
-        rate_limiter = RateLimiter.for_kv()
+        rate_limiter = GcraLimiter()
         vm: TenantVM | None = None
 
         def open_capabilities(template: Template, event: Event) -> Mapping[str, Capability]:

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from moonshard.bench.measure import Figure
 from moonshard.bench.sandbox_bench import run_sandbox_bench
-from moonshard.bench.store_bench import run_store_figures
 
 __all__ = ["bench"]
 
@@ -39,7 +38,7 @@ def _machine() -> dict[str, object]:
 def _run_suite(name: str, quick: bool, database_url: str | None) -> list[Figure]:
     if name == "sandbox":
         return run_sandbox_bench(quick)
-    return run_store_figures(quick, database_url)
+    raise click.ClickException(f"no suite {name}")
 
 
 @click.command("bench")

@@ -116,7 +116,7 @@ def exec_template(
     if not name or not name[0].isalnum():
         name = "template"
 
-    def on_stuck(seconds: float) -> None:
+    def on_stuck(seconds: float, label: str) -> None:
         # The Lua call is stuck in C code: report it and end this process, the only sure stop.
         _print_json({"tenant": str(tenant), "event": {"name": event.name, "id": event.id},
                      "results": [{"template": name, "ok": False, "error": (

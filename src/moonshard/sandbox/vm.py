@@ -206,7 +206,10 @@ class LuaRun:
         started = time.thread_time()
         ok, value = answer
         try:
-            lua_answer = vm._bridge.to_lua(value) if ok else str(value)
+            # A host answer of None is Lua's nil (``kv.get`` of a missing key); JSON nulls
+            # inside a value are json.null.
+            lua_answer = (None if value is None else vm._bridge.to_lua(value)) if ok \
+                else str(value)
             deadline = started + vm.limits.cpu_seconds - self.cpu_used
             return vm._kernel.step(self._id, deadline, ok, lua_answer)
         except lua54.LuaMemoryError:

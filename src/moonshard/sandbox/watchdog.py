@@ -2,11 +2,13 @@
 
 Code running in C inside Lua (a pattern match, say) never reaches a hook, so the only sure way
 to stop it is to end the process that runs it. The watchdog watches from its own thread and
-calls ``on_stuck`` when one step has run longer than the limit; ``on_stuck`` ends the process.
+calls ``on_stuck`` once for each step that has run longer than the limit; where a process
+can be ended, ``on_stuck`` ends it.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -19,15 +21,17 @@ _T = TypeVar("_T")
 
 
 class StepWatchdog:
-    """Times each step it runs; past ``limit`` seconds in one step, calls ``on_stuck(seconds)``."""
+    """Times the steps it runs, from any thread; reports each one stuck past ``limit``."""
 
-    __slots__ = ("_lock", "_on_stuck", "_started", "_stop", "_thread", "limit")
+    __slots__ = ("_ids", "_lock", "_on_stuck", "_running", "_stop", "_thread", "limit")
 
-    def __init__(self, limit: float, on_stuck: Callable[[float], None]) -> None:
+    def __init__(self, limit: float, on_stuck: Callable[[float, str], None]) -> None:
         self.limit = limit
         self._on_stuck = on_stuck
         self._lock = threading.Lock()
-        self._started: float | None = None
+        self._ids = itertools.count()
+        # step id -> (start time, label); an entry is removed when reported or finished.
+        self._running: dict[int, tuple[float, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="moonshard-watchdog",
                                         daemon=True)
@@ -41,21 +45,30 @@ class StepWatchdog:
         self._stop.set()
         self._thread.join()
 
-    async def run_step(self, step: Callable[[], _T]) -> _T:
-        """A StepRunner: runs the step inline, watched."""
+    def watch(self, step: Callable[[], _T], label: str = "") -> _T:
+        """Runs ``step`` on the calling thread, watched."""
+        step_id = next(self._ids)
         with self._lock:
-            self._started = time.monotonic()
+            self._running[step_id] = (time.monotonic(), label)
         try:
             return step()
         finally:
             with self._lock:
-                self._started = None
+                self._running.pop(step_id, None)
+
+    async def run_step(self, step: Callable[[], _T]) -> _T:
+        """A StepRunner that runs the step inline (on the event loop's thread), watched."""
+        return self.watch(step)
 
     def _watch(self) -> None:
         tick = min(0.05, self.limit / 10)
         while not self._stop.wait(tick):
+            now = time.monotonic()
             with self._lock:
-                started = self._started
-            if started is not None and time.monotonic() - started > self.limit:
-                self._on_stuck(time.monotonic() - started)
-                return
+                stuck = [(step_id, now - started, label)
+                         for step_id, (started, label) in self._running.items()
+                         if now - started > self.limit]
+                for step_id, _, _ in stuck:
+                    del self._running[step_id]
+            for _, seconds, label in stuck:
+                self._on_stuck(seconds, label)

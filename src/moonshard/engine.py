@@ -1,0 +1,233 @@
+"""The Engine: wires one configuration into one running system. The only object a caller needs.
+
+```python
+async with Engine.open(database_url="sqlite:///bot.db", topology="thread", workers=2) as engine:
+    await engine.templates.put(TenantId.guild(123), "welcome", files={"init.lua": source})
+    results = await engine.dispatch(TenantId.guild(123), Event("MESSAGE_CREATE", data))
+```
+
+An engine owns everything it starts (its store, its worker pool, its background dispatches)
+and stops all of it when its ``open`` block ends. There are no module-level singletons: two
+engines can live in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from moonshard.errors import LimitExceeded, MoonshardError, Overloaded
+from moonshard.events import Event, HandlerResult
+from moonshard.limits import Limits
+from moonshard.routing import route_gateway
+from moonshard.store import open_store
+from moonshard.store.api import Store
+from moonshard.templates import Template, check_template_shape
+from moonshard.tenants import TenantId
+from moonshard.topology.pool import Topology, WorkerPool
+from moonshard.topology.supervisor import Quarantine, RestartPolicy
+from moonshard.values import JsonValue
+from moonshard.worker.core import DispatchReply, TenantLog, WorkerConfig
+from moonshard.worker.messages import Dispatch, Reload, Validate
+
+__all__ = ["DEFAULT_DATABASE_URL", "Engine", "GatewayOutcome", "TemplatesAPI"]
+
+DEFAULT_DATABASE_URL = "sqlite:///./moonshard-data/moonshard.db"
+_tenant_logger = logging.getLogger("moonshard.tenant")
+_log = logging.getLogger(__name__)
+
+
+def _log_to_logging(tenant: TenantId, level: str, template: str, message: str) -> None:
+    number = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "error": logging.ERROR}.get(level, logging.INFO)
+    _tenant_logger.log(number, "%s %s: %s", tenant, template, message)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GatewayOutcome:
+    """Where a raw gateway dispatch went: a tenant and event id, or why it was dropped."""
+
+    tenant: TenantId | None = None
+    event_id: str | None = None
+    dropped: str | None = None
+
+
+class TemplatesAPI:
+    """``engine.templates``: a tenant's templates. A save returns once every later event of
+    the tenant sees it."""
+
+    def __init__(self, store: Store, pool: WorkerPool, limits: Limits,
+                 on_change: Any) -> None:
+        self._store = store
+        self._pool = pool
+        self._limits = limits
+        self._on_change = on_change
+
+    async def put(self, tenant: TenantId, name: str, files: Mapping[str, str], *,
+                  paused: bool = False) -> Template:
+        """Validates, stores and swaps in a template; raises TemplateError or LimitExceeded."""
+        check_template_shape(name, files, self._limits)
+        current = await self._store.templates.load_set(tenant)
+        if current.get(name) is None and len(current.templates) >= \
+                self._limits.templates_per_tenant:
+            raise LimitExceeded("template.count", f"tenant {tenant} already has "
+                                f"{len(current.templates)} templates; the limit is "
+                                f"{self._limits.templates_per_tenant}")
+        checked = await self._pool.request(tenant, Validate(tenant, name, dict(files)))
+        template = Template(name, files, tuple(checked["events"]), paused=paused,
+                            updated_at=time.time())
+        template_set = await self._store.templates.put(tenant, template)
+        await self._pool.request(tenant, Reload(tenant))
+        self._on_change(tenant, template_set.subscriptions)
+        saved = template_set.get(name)
+        assert saved is not None
+        return saved
+
+    async def get(self, tenant: TenantId, name: str) -> Template | None:
+        return (await self._store.templates.load_set(tenant)).get(name)
+
+    async def list(self, tenant: TenantId) -> list[Template]:
+        return list((await self._store.templates.load_set(tenant)).templates)
+
+    async def delete(self, tenant: TenantId, name: str) -> bool:
+        template_set = await self._store.templates.delete(tenant, name)
+        if template_set is None:
+            return False
+        await self._pool.request(tenant, Reload(tenant))
+        self._on_change(tenant, template_set.subscriptions)
+        return True
+
+
+class Engine:
+    """A running moonshard: store, worker pool, and the calls into them."""
+
+    def __init__(self, store: Store, pool: WorkerPool, limits: Limits,
+                 background: asyncio.TaskGroup, max_background: int) -> None:
+        self.store = store
+        self.pool = pool
+        self.limits = limits
+        self._background = background
+        self._max_background = max_background
+        self._in_background = 0
+        # Subscriptions per tenant, so gateway events nobody handles are dropped at the door.
+        self._subscriptions: OrderedDict[TenantId, frozenset[str]] = OrderedDict()
+        self.templates = TemplatesAPI(store, pool, limits, self._remember_subscriptions)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, database_url: str = DEFAULT_DATABASE_URL, *, topology: Topology = "thread",
+        workers: int | None = None, limits: Limits | None = None, log: TenantLog | None = None,
+        lua_threads: int = 4, idle_seconds: float = 300.0, max_resident_vms: int = 2000,
+        mailbox_size: int = 1000, restart_policy: RestartPolicy | None = None,
+        quarantine: Quarantine | None = None, max_background: int = 10_000,
+        stop_deadline: float = 30.0,
+    ) -> AsyncIterator[Engine]:
+        """Starts everything; on leaving the block, drains and stops everything."""
+        limits = limits or Limits()
+        count = workers if workers is not None else (os.cpu_count() or 1)
+        configs = [
+            WorkerConfig(index, database_url, limits, lua_threads=lua_threads,
+                         idle_seconds=idle_seconds, max_resident_vms=max_resident_vms,
+                         mailbox_size=mailbox_size, kill_when_stuck=topology == "process")
+            for index in range(count)
+        ]
+        # The engine's store also applies migrations before any worker opens the database.
+        async with await open_store(database_url) as store:
+            pool = WorkerPool(topology, configs, log or _log_to_logging, restart_policy,
+                              quarantine)
+            await pool.start()
+            try:
+                async with asyncio.TaskGroup() as background:
+                    yield cls(store, pool, limits, background, max_background)
+            finally:
+                await pool.stop(stop_deadline)
+
+    # -- events ----------------------------------------------------------------------------
+    async def dispatch(self, tenant: TenantId, event: Event) -> list[HandlerResult]:
+        """Runs ``event`` through the tenant's subscribing templates and returns their results.
+
+        Raises ``WorkerCrashed`` if the worker died while running it (it is not re-run),
+        ``Overloaded`` when the tenant's queue is full, ``TenantQuarantined``.
+        """
+        reply = await self._dispatch(tenant, event)
+        return reply.results
+
+    async def _dispatch(self, tenant: TenantId, event: Event) -> DispatchReply:
+        reply = await self.pool.request(tenant, Dispatch(tenant, event))
+        assert isinstance(reply, DispatchReply)
+        return reply
+
+    def dispatch_nowait(self, tenant: TenantId, event: Event) -> str:
+        """Queues ``event`` and returns its id; failures go to the tenant's log."""
+        if self._in_background >= self._max_background:
+            raise Overloaded(f"{self._in_background} dispatches are already in flight")
+        self._in_background += 1
+        self._background.create_task(self._run_in_background(tenant, event))
+        return event.id
+
+    async def _run_in_background(self, tenant: TenantId, event: Event) -> None:
+        try:
+            await self._dispatch(tenant, event)
+        except MoonshardError as error:
+            _log.warning("dispatch of %s to %s failed: %s", event.name, tenant, error)
+        except Exception:
+            _log.exception("dispatch of %s to %s failed", event.name, tenant)
+        finally:
+            self._in_background -= 1
+
+    async def ingest_gateway(self, payload: Mapping[str, Any]) -> GatewayOutcome:
+        """Routes a raw Discord dispatch ``{"t", "d", ...}`` to its tenant and queues it.
+
+        Raises ValueError for a malformed payload.
+        """
+        route = route_gateway(payload)
+        if route.tenant is None:
+            return GatewayOutcome(dropped=route.dropped)
+        name = str(payload["t"])
+        subscriptions = await self._subscriptions_of(route.tenant)
+        if name not in subscriptions:
+            return GatewayOutcome(tenant=route.tenant,
+                                  dropped=f"no template of {route.tenant} subscribes to {name}")
+        data: JsonValue = dict(payload["d"])  # type: ignore[call-overload]
+        event = Event(name, data, author=_author_of(payload["d"]))
+        return GatewayOutcome(tenant=route.tenant,
+                              event_id=self.dispatch_nowait(route.tenant, event))
+
+    async def _subscriptions_of(self, tenant: TenantId) -> frozenset[str]:
+        known = self._subscriptions.get(tenant)
+        if known is None:
+            known = (await self.store.templates.load_set(tenant)).subscriptions
+            self._remember_subscriptions(tenant, known)
+        else:
+            self._subscriptions.move_to_end(tenant)
+        return known
+
+    def _remember_subscriptions(self, tenant: TenantId, subscriptions: frozenset[str]) -> None:
+        self._subscriptions[tenant] = subscriptions
+        self._subscriptions.move_to_end(tenant)
+        while len(self._subscriptions) > 100_000:
+            self._subscriptions.popitem(last=False)
+
+    async def status(self) -> list[dict[str, Any]]:
+        return await self.pool.status()
+
+
+def _author_of(data: object) -> str | None:
+    """The user a dispatch is from: the message author, or the interacting user."""
+    if not isinstance(data, dict):
+        return None
+    for path in (("author", "id"), ("member", "user", "id"), ("user", "id")):
+        value: object = data
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value.isdigit():
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""Topologies: how workers are placed (threads, processes), supervised and reached."""

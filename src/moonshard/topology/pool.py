@@ -1,0 +1,72 @@
+"""A pool of supervised workers, routed by tenant (Discord's shard formula for snowflakes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from moonshard.tenants import TenantId, worker_index
+from moonshard.topology.process import ProcessWorker
+from moonshard.topology.supervisor import Quarantine, RestartPolicy, SupervisedWorker
+from moonshard.topology.thread import ThreadWorker
+from moonshard.worker.api import WorkerHandle
+from moonshard.worker.core import TenantLog, WorkerConfig
+from moonshard.worker.messages import Request, Status
+
+__all__ = ["Topology", "WorkerPool"]
+
+Topology = Literal["thread", "process"]
+
+
+class WorkerPool:
+    """``workers`` supervised worker slots of one topology; a tenant always reaches the same."""
+
+    def __init__(self, topology: Topology, configs: Sequence[WorkerConfig], log: TenantLog,
+                 policy: RestartPolicy | None = None,
+                 quarantine: Quarantine | None = None) -> None:
+        if topology not in ("thread", "process"):
+            raise ValueError(f"unknown topology {topology!r}: expected thread or process "
+                             "(ray is not built yet)")
+        if not configs:
+            raise ValueError("a pool needs at least one worker")
+        self.topology = topology
+        self.quarantine = quarantine or Quarantine()
+        self._log = log
+        kind = ThreadWorker if topology == "thread" else ProcessWorker
+
+        def spawner(config: WorkerConfig) -> Any:
+            def spawn() -> WorkerHandle:
+                return kind(config, log)
+            return spawn
+
+        self.workers = [
+            SupervisedWorker(config.index, spawner(config), policy or RestartPolicy(),
+                             self.quarantine)
+            for config in configs
+        ]
+
+    async def start(self) -> None:
+        await asyncio.gather(*(worker.start() for worker in self.workers))
+
+    def worker_for(self, tenant: TenantId) -> SupervisedWorker:
+        return self.workers[worker_index(tenant, len(self.workers))]
+
+    async def request(self, tenant: TenantId, request: Request) -> Any:
+        return await self.worker_for(tenant).request(request)
+
+    async def status(self) -> list[dict[str, Any]]:
+        async def one(worker: SupervisedWorker) -> dict[str, Any]:
+            health = worker.health()
+            if health["up"]:
+                try:
+                    health |= await asyncio.wait_for(worker.request(Status()), 5.0)
+                except Exception as error:  # noqa: BLE001 - reported in the status itself
+                    health["error"] = str(error)
+            return health
+        return list(await asyncio.gather(*(one(worker) for worker in self.workers)))
+
+    async def stop(self, deadline: float) -> None:
+        await asyncio.gather(*(worker.stop(deadline) for worker in self.workers))
+
+

@@ -1,0 +1,396 @@
+"""The inside of one worker: the VMs of its tenants, one ordered mailbox per tenant.
+
+Events of one tenant run one at a time in arrival order; tenants run concurrently. Lua steps
+run on a small pool of threads (lupa releases the GIL while Lua runs), so a tenant burning
+its CPU limit does not hold up the others, and a host call that waits on I/O yields to this
+worker's event loop. Each tenant's VM is touched only by its own mailbox consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import enum
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from moonshard.errors import Overloaded, WorkerUnavailable
+from moonshard.events import Event, HandlerResult
+from moonshard.host.api import Capability
+from moonshard.host.dispatch import dispatch_event
+from moonshard.host.events import EmitOnly
+from moonshard.host.kv import KVSession
+from moonshard.host.ratelimit import GcraLimiter
+from moonshard.limits import Limits
+from moonshard.sandbox.loading import build_vm, validate_template
+from moonshard.sandbox.vm import TenantVM
+from moonshard.sandbox.watchdog import StepWatchdog
+from moonshard.store.api import Store
+from moonshard.templates import Template, TemplateSet
+from moonshard.tenants import TenantId
+from moonshard.worker.messages import Dispatch, Reload, Request, Status, Stop, Validate
+
+__all__ = ["BuildReason", "DispatchReply", "TenantLog", "WorkerConfig", "WorkerCore"]
+
+_T = TypeVar("_T")
+_log = logging.getLogger(__name__)
+
+TenantLog = Callable[[TenantId, str, str, str], None]
+"""Receives (tenant, level, template, message) for each line of a tenant's log."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Everything a worker needs to start; a worker process is given only this."""
+
+    index: int
+    database_url: str
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    lua_threads: int = 4
+    idle_seconds: float = 300.0
+    max_resident_vms: int = 2000
+    mailbox_size: int = 1000
+    max_queued: int = 20_000
+    # Process workers end themselves when a Lua call is stuck past the hard limit.
+    kill_when_stuck: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = dataclasses.asdict(self)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, Any]) -> WorkerConfig:
+        fields = dict(wire)
+        fields["limits"] = Limits(**fields["limits"])
+        return cls(**fields)
+
+
+class BuildReason(enum.Enum):
+    """Why a tenant's VM is being built; templates see it as ``Startup``'s reason."""
+
+    WORKER_START = "worker_start"
+    TEMPLATES_CHANGED = "templates_changed"
+    VM_REBUILT = "vm_rebuilt"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DispatchReply:
+    results: list[HandlerResult]
+    dropped: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Job:
+    request: Dispatch | Reload
+    reply: asyncio.Future[Any] | None
+    on_start: Callable[[], None] | None
+
+
+class _TenantSlot:
+    """A tenant's mailbox, template set and VM within one worker."""
+
+    __slots__ = ("busy", "build_reason", "last_used", "mailbox", "rate_limiter", "template_set",
+                 "tenant", "vm")
+
+    def __init__(self, tenant: TenantId, mailbox_size: int) -> None:
+        self.tenant = tenant
+        self.mailbox: asyncio.Queue[_Job] = asyncio.Queue(mailbox_size)
+        self.template_set: TemplateSet | None = None
+        self.vm: TenantVM | None = None
+        self.build_reason = BuildReason.WORKER_START
+        self.last_used = time.monotonic()
+        self.busy = False
+        # Outlives VM rebuilds, so breaking a limit does not reset the tenant's rate.
+        self.rate_limiter = GcraLimiter()
+
+
+class WorkerCore:
+    """Owns the tenants routed to one worker. Run it with ``run()``; talk to it with ``handle``."""
+
+    def __init__(self, config: WorkerConfig, store: Store, log: TenantLog,
+                 on_stuck: Callable[[float, str], None] | None = None) -> None:
+        self.config = config
+        self._store = store
+        self._log = log
+        self._on_stuck = on_stuck
+        self._slots: dict[TenantId, _TenantSlot] = {}
+        self._queued = 0
+        self._stopping = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._ready = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            config.lua_threads, thread_name_prefix=f"moonshard-lua-{config.index}")
+        self._watchdog = StepWatchdog(config.limits.hard_wall_seconds, self._stuck)
+
+    # -- running ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Runs until ``Stop`` is handled; every task it starts ends before it returns."""
+        with self._watchdog:
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    self._tasks = tasks
+                    self._ready.set()
+                    tasks.create_task(self._evict_idle_forever())
+                    await self._stopped.wait()
+                    raise _Stopped
+            except* _Stopped:
+                pass
+            finally:
+                self._tasks = None
+                self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def handle(self, request: Request, on_start: Callable[[], None] | None = None) -> Any:
+        """Handles one request; ``on_start`` is called when a dispatch begins to run."""
+        await self._ready.wait()
+        if isinstance(request, Status):
+            return self.status()
+        if isinstance(request, Stop):
+            await self._stop(request.deadline)
+            return {"stopped": True}
+        if self._stopping:
+            raise WorkerUnavailable(f"worker {self.config.index} is stopping")
+        if isinstance(request, Validate):
+            return await self._validate(request)
+        if isinstance(request, Reload) and request.tenant not in self._slots:
+            return {"reloaded": False}  # nothing cached: the next event loads the stored set
+        slot = self._slot(request.tenant)
+        if isinstance(request, Dispatch):
+            known = slot.template_set
+            if known is not None and request.event.name not in known.subscriptions:
+                return _no_subscriber(request.event)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._enqueue(slot, _Job(request, reply, on_start))
+        return await reply
+
+    async def _validate(self, request: Validate) -> dict[str, Any]:
+        """Raises TemplateError or LimitExceeded; else gives the subscriptions."""
+        loop = asyncio.get_running_loop()
+        label = f"{request.tenant} (validating {request.name})"
+
+        async def run_step(step: Callable[[], _T]) -> _T:
+            return await loop.run_in_executor(self._executor, self._watchdog.watch, step, label)
+
+        template = await validate_template(request.tenant, request.name, request.files,
+                                           self.config.limits, run_step)
+        return {"events": list(template.events)}
+
+    def status(self) -> dict[str, Any]:
+        resident = [slot.vm for slot in self._slots.values() if slot.vm is not None]
+        return {
+            "index": self.config.index,
+            "tenants": len(self._slots),
+            "resident_vms": len(resident),
+            "vm_memory_bytes": sum(vm.memory_used for vm in resident),
+            "queued": self._queued,
+            "stopping": self._stopping,
+        }
+
+    # -- mailboxes -------------------------------------------------------------------------
+    def _slot(self, tenant: TenantId) -> _TenantSlot:
+        slot = self._slots.get(tenant)
+        if slot is None:
+            if self._tasks is None:
+                raise WorkerUnavailable(f"worker {self.config.index} is not running")
+            slot = _TenantSlot(tenant, self.config.mailbox_size)
+            self._slots[tenant] = slot
+            self._tasks.create_task(self._consume(slot))
+        return slot
+
+    def _enqueue(self, slot: _TenantSlot, job: _Job) -> None:
+        if self._queued >= self.config.max_queued:
+            raise Overloaded(f"worker {self.config.index} has {self._queued} events queued")
+        try:
+            slot.mailbox.put_nowait(job)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"tenant {slot.tenant} has {slot.mailbox.qsize()} events queued") from None
+        self._queued += 1
+
+    async def _consume(self, slot: _TenantSlot) -> None:
+        """The only code that touches this tenant's VM: one job at a time, in order."""
+        while True:
+            job = await slot.mailbox.get()
+            self._queued -= 1
+            slot.busy = True
+            try:
+                if job.on_start is not None:
+                    job.on_start()
+                result = await self._execute(slot, job.request)
+            except asyncio.CancelledError:
+                if job.reply is not None and not job.reply.done():
+                    job.reply.set_exception(WorkerUnavailable("the worker stopped"))
+                raise
+            except Exception as error:  # noqa: BLE001 - handed to the caller, worker lives on
+                _log.exception("worker %s: %s failed", self.config.index, job.request)
+                if job.reply is not None and not job.reply.done():
+                    job.reply.set_exception(error)
+            else:
+                if job.reply is not None and not job.reply.done():
+                    job.reply.set_result(result)
+            finally:
+                slot.busy = False
+                slot.last_used = time.monotonic()
+                slot.mailbox.task_done()
+
+    async def _execute(self, slot: _TenantSlot, request: Dispatch | Reload) -> Any:
+        if isinstance(request, Reload):
+            return await self._reload(slot)
+        template_set = await self._template_set(slot)
+        if request.event.name not in template_set.subscriptions:
+            return _no_subscriber(request.event)
+        vm = await self._vm(slot, template_set)
+        results = await self._run_event(slot, vm, template_set, request.event)
+        return DispatchReply(results)
+
+    # -- templates and VMs -----------------------------------------------------------------
+    async def _template_set(self, slot: _TenantSlot) -> TemplateSet:
+        if slot.template_set is None:
+            slot.template_set = await self._store.templates.load_set(slot.tenant)
+        return slot.template_set
+
+    async def _reload(self, slot: _TenantSlot) -> dict[str, Any]:
+        """Builds the stored set's VM aside, then swaps set and VM in one step."""
+        template_set = await self._store.templates.load_set(slot.tenant)
+        had_vm = slot.vm is not None
+        vm = await self._build(slot, template_set) if had_vm else None
+        slot.template_set, slot.vm = template_set, vm
+        slot.build_reason = BuildReason.TEMPLATES_CHANGED
+        if vm is not None:
+            await self._after_build(slot, vm, template_set, BuildReason.TEMPLATES_CHANGED)
+        return {"reloaded": True, "version": template_set.version}
+
+    async def _vm(self, slot: _TenantSlot, template_set: TemplateSet) -> TenantVM:
+        if slot.vm is not None and slot.vm.broken is None:
+            return slot.vm
+        reason = slot.build_reason
+        self._make_room()
+        slot.vm = await self._build(slot, template_set)
+        await self._after_build(slot, slot.vm, template_set, reason)
+        return slot.vm
+
+    async def _build(self, slot: _TenantSlot, template_set: TemplateSet) -> TenantVM:
+        return await build_vm(template_set, self.config.limits, self._tenant_log(slot.tenant),
+                              self._step_runner(slot, "(load)"))
+
+    async def _after_build(self, slot: _TenantSlot, vm: TenantVM, template_set: TemplateSet,
+                           reason: BuildReason) -> None:
+        """Before any other event of a fresh VM: ``Startup``, then one ``KeyResume`` per key."""
+        slot.build_reason = BuildReason.VM_REBUILT
+        if "Startup" in template_set.subscriptions:
+            await self._run_event(slot, vm, template_set,
+                                  Event("Startup", {"reason": reason.value}))
+        if "KeyResume" not in template_set.subscriptions:
+            return
+        for record in await self._store.timers.resume_records(slot.tenant, now=time.time()):
+            if vm.broken is not None:
+                break
+            await self._run_event(slot, vm, template_set, Event(
+                "KeyResume", {"key": record.key, "scope": record.scope, "value": record.value}))
+
+    def _make_room(self) -> None:
+        """Evicts the least recently used idle VMs past the cap on resident VMs."""
+        resident = [slot for slot in self._slots.values() if slot.vm is not None]
+        excess = len(resident) - self.config.max_resident_vms + 1
+        if excess <= 0:
+            return
+        idle = sorted((slot for slot in resident if not slot.busy and slot.mailbox.empty()),
+                      key=lambda slot: slot.last_used)
+        for slot in idle[:excess]:
+            slot.vm = None
+            slot.build_reason = BuildReason.VM_REBUILT
+
+    async def _evict_idle_forever(self) -> None:
+        period = max(0.05, min(self.config.idle_seconds / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            self.evict_idle()
+
+    def evict_idle(self) -> int:
+        """Discards VMs unused for ``idle_seconds``; returns how many."""
+        cutoff = time.monotonic() - self.config.idle_seconds
+        evicted = 0
+        for slot in self._slots.values():
+            if slot.vm is not None and not slot.busy and slot.mailbox.empty() \
+                    and slot.last_used < cutoff:
+                slot.vm = None
+                slot.build_reason = BuildReason.VM_REBUILT
+                evicted += 1
+        return evicted
+
+    # -- running events --------------------------------------------------------------------
+    async def _run_event(self, slot: _TenantSlot, vm: TenantVM, template_set: TemplateSet,
+                         event: Event) -> list[HandlerResult]:
+        tenant = slot.tenant
+        limits = self.config.limits
+
+        def deliver(events: list[Event]) -> None:
+            for emitted in events:
+                try:
+                    self._enqueue(slot, _Job(Dispatch(tenant, emitted), None, None))
+                except Overloaded as error:
+                    self._log(tenant, "error", "-", f"emitted event {emitted.name} lost: {error}")
+
+        def open_capabilities(template: Template, running: Event) -> Mapping[str, Capability]:
+            return {
+                "kv": KVSession(self._store.kv, tenant, limits, slot.rate_limiter),
+                "events": EmitOnly(deliver, limits.emits_per_dispatch, author=running.author),
+            }
+
+        results = await dispatch_event(vm, template_set, event, open_capabilities,
+                                       self._step_runner(slot, event.name),
+                                       self._tenant_log(tenant))
+        if vm.broken is not None and slot.vm is vm:
+            slot.vm = None
+            self._log(tenant, "warn", "-", f"VM discarded after breaking its {vm.broken} limit; "
+                      "it is rebuilt on the next event")
+        return results
+
+    def _step_runner(self, slot: _TenantSlot, label: str) -> Callable[[Callable[[], _T]], Any]:
+        loop = asyncio.get_running_loop()
+        hard_limit = self.config.limits.hard_wall_seconds
+        tag = f"{slot.tenant} {label}"
+
+        async def run_step(step: Callable[[], _T]) -> _T:
+            started = time.monotonic()
+            result = await loop.run_in_executor(self._executor, self._watchdog.watch, step, tag)
+            if time.monotonic() - started > hard_limit and slot.vm is not None:
+                # Only reached where the process could not be ended (the thread topology).
+                slot.vm.broken = "wall"
+            return result
+
+        return run_step
+
+    def _tenant_log(self, tenant: TenantId) -> Callable[[str, str, str], None]:
+        def log(level: str, template: str, message: str) -> None:
+            self._log(tenant, level, template, message)
+        return log
+
+    def _stuck(self, seconds: float, label: str) -> None:
+        _log.error("worker %s: %s stuck in one Lua call for %.1f s", self.config.index, label,
+                   seconds)
+        if self._on_stuck is not None:
+            self._on_stuck(seconds, label)
+
+    # -- stopping --------------------------------------------------------------------------
+    async def _stop(self, deadline: float) -> None:
+        """Stops taking work, lets queued and running events finish within ``deadline``."""
+        self._stopping = True
+        drained = asyncio.gather(*(slot.mailbox.join() for slot in list(self._slots.values())))
+        try:
+            await asyncio.wait_for(drained, deadline)
+        except TimeoutError:
+            _log.warning("worker %s: stopped with events still queued", self.config.index)
+        self._stopped.set()
+
+
+class _Stopped(Exception):
+    """Ends the worker's task group once it has drained."""
+
+
+def _no_subscriber(event: Event) -> DispatchReply:
+    return DispatchReply([], dropped=f"no template of the tenant subscribes to {event.name}")
