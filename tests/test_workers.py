@@ -40,14 +40,6 @@ return {STUCK = function() return string.rep("a", 400000):find("a-b") end,
 """
 
 
-class Logs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, str, str]] = []
-
-    def __call__(self, tenant: TenantId, level: str, template: str, message: str) -> None:
-        self.lines.append((str(tenant), level, template, message))
-
-
 @pytest.fixture(params=["thread", "process"])
 def topology(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -198,14 +190,17 @@ async def test_idle_vms_are_evicted_and_rebuilt_transparently(
         third = (await engine.dispatch(A, Event("COUNT")))[0].value
         assert third == {"n": 1, "kept": 3}  # a cold start: VM state gone, the store kept
         record = await engine.store.kv.get(A, "default", "reason", now=0)
-        assert record is not None and record.value == "vm_rebuilt"
+        assert record is not None
+        assert record.value == "vm_rebuilt"
 
 
 async def test_startup_then_resume_keys_before_other_events(engine: Engine) -> None:
     source = """
         return {
           Startup = function(ctx, event) ctx.kv.incr("startups") ; return event.data.reason end,
-          KeyResume = function(ctx, event) ctx.kv.set("resumed:" .. event.data.key, event.data.value) end,
+          KeyResume = function(ctx, event)
+            ctx.kv.set("resumed:" .. event.data.key, event.data.value)
+          end,
           ARM = function(ctx) ctx.kv.set("job", {step = 3}, {resume = true}) end,
           READ = function(ctx)
             return {startups = ctx.kv.get("startups"), resumed = ctx.kv.get("resumed:job")}
@@ -285,7 +280,8 @@ async def test_a_killed_worker_is_replaced_and_its_queued_events_delivered(
     # Delivered to the successor, in order, on a fresh VM.
     assert [reply[0].value for reply in replies] == [{"n": i + 1, "i": i} for i in range(3)]
     assert worker.restart_count == 1
-    assert worker.current is not None and worker.current.pid != old_pid
+    assert worker.current is not None
+    assert worker.current.pid != old_pid
 
 
 async def test_the_watchdog_kills_a_call_stuck_in_c_and_others_are_answered(
@@ -300,7 +296,8 @@ async def test_the_watchdog_kills_a_call_stuck_in_c_and_others_are_answered(
     assert (await engine.dispatch(B, Event("NOTHING")))[0].value == "ok"
     with pytest.raises(WorkerCrashed) as crash:
         await stuck
-    assert crash.value.stuck is not None and crash.value.stuck.startswith(str(A))
+    assert crash.value.stuck is not None
+    assert crash.value.stuck.startswith(str(A))
     assert "watchdog" in str(crash.value)
     # The worker is back, and A's other handlers work on the rebuilt VM.
     assert (await engine.dispatch(A, Event("OK")))[0].value == "ok"
@@ -327,7 +324,8 @@ async def test_past_the_restart_budget_a_worker_reports_unhealthy(processes: Eng
     for _ in range(4):
         assert (await engine.dispatch(ON_WORKER_1, Event("NOTHING")))[0].value == "ok"
         handle = worker.current
-        assert handle is not None and handle.pid is not None
+        assert handle is not None
+        assert handle.pid is not None
         os.kill(handle.pid, signal.SIGKILL)
         await handle.wait_exit()
     assert worker.restart_count >= 3

@@ -26,11 +26,13 @@ from typing import Any
 from moonshard.errors import LimitExceeded, MoonshardError, Overloaded
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
+from moonshard.observer import DispatchObserver
 from moonshard.routing import route_gateway
 from moonshard.store import open_store
 from moonshard.store.api import Store
 from moonshard.templates import Template, check_template_shape
 from moonshard.tenants import TenantId
+from moonshard.timers.service import TimerConfig
 from moonshard.topology.pool import Topology, WorkerPool
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
 from moonshard.values import JsonValue
@@ -109,11 +111,16 @@ class Engine:
     """A running moonshard: store, worker pool, and the calls into them."""
 
     def __init__(self, store: Store, pool: WorkerPool, limits: Limits,
-                 background: asyncio.TaskGroup, max_background: int) -> None:
+                 max_background: int,
+                 observer: DispatchObserver | None = None) -> None:
         self.store = store
+        # Told about every dispatch (metrics); see moonshard.observer.
+        self._observer = observer
         self.pool = pool
         self.limits = limits
-        self._background = background
+        # Owned here and awaited when the engine closes (a TaskGroup would wrap every error
+        # of the caller's ``async with`` block in an ExceptionGroup).
+        self._background: set[asyncio.Task[None]] = set()
         self._max_background = max_background
         self._in_background = 0
         # Subscriptions per tenant, so gateway events nobody handles are dropped at the door.
@@ -128,7 +135,8 @@ class Engine:
         lua_threads: int = 4, idle_seconds: float = 300.0, max_resident_vms: int = 2000,
         mailbox_size: int = 1000, restart_policy: RestartPolicy | None = None,
         quarantine: Quarantine | None = None, max_background: int = 10_000,
-        stop_deadline: float = 30.0,
+        stop_deadline: float = 30.0, observer: DispatchObserver | None = None,
+        timers: TimerConfig | None = None,
     ) -> AsyncIterator[Engine]:
         """Starts everything; on leaving the block, drains and stops everything."""
         limits = limits or Limits()
@@ -136,7 +144,8 @@ class Engine:
         configs = [
             WorkerConfig(index, database_url, limits, lua_threads=lua_threads,
                          idle_seconds=idle_seconds, max_resident_vms=max_resident_vms,
-                         mailbox_size=mailbox_size, kill_when_stuck=topology == "process")
+                         mailbox_size=mailbox_size, kill_when_stuck=topology == "process",
+                         workers=count, timers=timers or TimerConfig())
             for index in range(count)
         ]
         # The engine's store also applies migrations before any worker opens the database.
@@ -145,8 +154,11 @@ class Engine:
                               quarantine)
             await pool.start()
             try:
-                async with asyncio.TaskGroup() as background:
-                    yield cls(store, pool, limits, background, max_background)
+                engine = cls(store, pool, limits, max_background, observer)
+                try:
+                    yield engine
+                finally:
+                    await engine._drain_background()
             finally:
                 await pool.stop(stop_deadline)
 
@@ -161,17 +173,39 @@ class Engine:
         return reply.results
 
     async def _dispatch(self, tenant: TenantId, event: Event) -> DispatchReply:
-        reply = await self.pool.request(tenant, Dispatch(tenant, event))
+        started = time.monotonic()
+        try:
+            reply = await self.pool.request(tenant, Dispatch(tenant, event))
+        except BaseException as error:
+            if self._observer is not None:
+                self._observer.dispatch_finished(tenant, event, None, error,
+                                                 time.monotonic() - started)
+            raise
         assert isinstance(reply, DispatchReply)
+        if self._observer is not None:
+            self._observer.dispatch_finished(tenant, event, reply, None,
+                                             time.monotonic() - started)
         return reply
+
+    @property
+    def background_dispatches(self) -> int:
+        """Dispatches queued by ``dispatch_nowait`` (and the gateway) not finished yet."""
+        return self._in_background
 
     def dispatch_nowait(self, tenant: TenantId, event: Event) -> str:
         """Queues ``event`` and returns its id; failures go to the tenant's log."""
         if self._in_background >= self._max_background:
             raise Overloaded(f"{self._in_background} dispatches are already in flight")
         self._in_background += 1
-        self._background.create_task(self._run_in_background(tenant, event))
+        task = asyncio.create_task(self._run_in_background(tenant, event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return event.id
+
+    async def _drain_background(self) -> None:
+        """Lets every queued dispatch finish before the workers stop."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _run_in_background(self, tenant: TenantId, event: Event) -> None:
         try:
@@ -196,7 +230,7 @@ class Engine:
         if name not in subscriptions:
             return GatewayOutcome(tenant=route.tenant,
                                   dropped=f"no template of {route.tenant} subscribes to {name}")
-        data: JsonValue = dict(payload["d"])  # type: ignore[call-overload]
+        data: JsonValue = dict(payload["d"])
         event = Event(name, data, author=_author_of(payload["d"]))
         return GatewayOutcome(tenant=route.tenant,
                               event_id=self.dispatch_nowait(route.tenant, event))

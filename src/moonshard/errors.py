@@ -4,16 +4,16 @@ from __future__ import annotations
 
 __all__ = [
     "HostCallError",
-    "Overloaded",
-    "TenantQuarantined",
-    "WorkerCrashed",
-    "WorkerUnavailable",
     "LimitExceeded",
     "MoonshardError",
     "NotBuiltError",
+    "Overloaded",
     "SchemaError",
     "TemplateError",
+    "TenantQuarantined",
     "ValueConversionError",
+    "WorkerCrashed",
+    "WorkerUnavailable",
 ]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from moonshard.events import Event, HandlerResult
 from moonshard.host.api import Capability
 from moonshard.host.dispatch import dispatch_event
-from moonshard.host.events import EmitOnly
+from moonshard.host.events import EventsCapability
 from moonshard.host.kv import KVSession
 from moonshard.host.ratelimit import GcraLimiter
 from moonshard.limits import Limits
@@ -103,8 +103,8 @@ class LocalRunner:
         def open_capabilities(template: Template, event: Event) -> Mapping[str, Capability]:
             return {
                 "kv": KVSession(store.kv, self._tenant, self._limits, rate_limiter),
-                "events": EmitOnly(queue.extend, self._limits.emits_per_dispatch,
-                                   author=event.author),
+                "events": EventsCapability(self._tenant, self._limits, store.timers,
+                                           queue.extend, author=event.author),
             }
 
         while queue and len(reports) < _MAX_EVENTS_PER_RUN:

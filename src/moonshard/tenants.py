@@ -45,8 +45,10 @@ class TenantId:
         if not pattern.fullmatch(self.id):
             expected = "a decimal snowflake" if kind.snowflake else "letters, digits, _ . -"
             raise ValueError(f"bad {self.kind} tenant id {self.id!r}: expected {expected}")
-        if kind.snowflake and int(self.id) >= 2**64:
-            raise ValueError(f"bad {self.kind} tenant id {self.id!r}: larger than 64 bits")
+        # Discord's snowflakes stay below 2**63 (their top bit is a timestamp's); the store
+        # computes worker shards on them as signed 64-bit integers.
+        if kind.snowflake and int(self.id) >= 2**63:
+            raise ValueError(f"bad {self.kind} tenant id {self.id!r}: not below 2**63")
 
     @classmethod
     def guild(cls, snowflake: int | str) -> TenantId:

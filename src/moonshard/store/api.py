@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import hashlib
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Self
 
 from moonshard.values import JsonValue
 
@@ -19,15 +21,30 @@ if TYPE_CHECKING:
     from moonshard.tenants import TenantId
 
 __all__ = [
+    "CURSOR_START",
+    "Cursor",
+    "ExpiryCursor",
     "KVDelete",
     "KVExpire",
     "KVIncr",
     "KVRecord",
+    "KVResult",
     "KVSet",
     "KVStore",
     "KVWrite",
+    "ScheduledCursor",
+    "ScheduledEvent",
+    "Shard",
     "Store",
     "TemplateStore",
+    "TenantState",
+    "TenantStateStore",
+    "TimerRef",
+    "TimerStore",
+    "TokenInfo",
+    "TokenStore",
+    "expiry_cursor",
+    "hash_token",
 ]
 
 
@@ -51,6 +68,15 @@ class KVRecord:
             "expires_at": self.expires_at, "resume": self.resume,
         }
 
+    def is_live(self, now: float) -> bool:
+        """False once the key has expired (``expires_at <= now``)."""
+        return self.expires_at is None or self.expires_at > now
+
+
+# Each write may carry ``at``, the time the handler made it: the record's created_at and
+# updated_at then say when the template wrote, not when its run committed. Expiry is judged
+# at commit time either way.
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KVSet:
@@ -59,12 +85,14 @@ class KVSet:
     value: JsonValue
     expires_at: float | None = None
     resume: bool = False
+    at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KVDelete:
     scope: str
     key: str
+    at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +100,7 @@ class KVIncr:
     scope: str
     key: str
     by: int | float = 1
+    at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,24 +108,53 @@ class KVExpire:
     scope: str
     key: str
     expires_at: float | None
+    at: float | None = None
 
 
 KVWrite = KVSet | KVDelete | KVIncr | KVExpire
+KVResult = KVRecord | bool | None
+"""What one write gives: see ``KVStore.apply``."""
 
 
 class KVStore(abc.ABC):
-    """Committed key-value state. Reads never return a key whose ``expires_at`` <= ``now``."""
+    """Committed key-value state. Reads never return a key whose ``expires_at`` <= ``now``.
+
+    Writes treat an expired key as absent (a ``set`` starts a fresh ``created_at``, an ``incr``
+    starts from 0); every write of a key adds one to its ``version``, including the write that
+    revives an expired key, so a version is never reused for one key while its row exists.
+    """
 
     @abc.abstractmethod
     async def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
         ...
 
     @abc.abstractmethod
+    async def load_rows(
+        self, tenant: TenantId, keys: Sequence[tuple[str, str]],
+    ) -> tuple[dict[tuple[str, str], KVRecord], int]:
+        """The stored rows of ``keys`` ((scope, key) pairs) even when expired, by pair, and
+        how many rows the tenant stores, read together.
+
+        For writers that predict what ``apply`` will do (the run overlay of ``ctx.kv``): the
+        row count counts expired rows not deleted yet, so it bounds the live keys from above.
+        """
+
+    async def load_row(
+        self, tenant: TenantId, scope: str, key: str,
+    ) -> tuple[KVRecord | None, int]:
+        """``load_rows`` for one key."""
+        rows, stored = await self.load_rows(tenant, ((scope, key),))
+        return rows.get((scope, key)), stored
+
+    @abc.abstractmethod
     async def find(
         self, tenant: TenantId, scope: str, prefix: str, *, after: str | None, limit: int,
         now: float,
     ) -> list[KVRecord]:
-        """Live records whose key starts with ``prefix`` and sorts after ``after``, by key."""
+        """Live records whose key starts with ``prefix`` and sorts after ``after``, by key.
+
+        Keys sort by code point (the byte order of their UTF-8), in both stores.
+        """
 
     @abc.abstractmethod
     async def count(self, tenant: TenantId, scope: str | None, *, now: float) -> int:
@@ -105,36 +163,317 @@ class KVStore(abc.ABC):
     @abc.abstractmethod
     async def apply(
         self, tenant: TenantId, writes: Sequence[KVWrite], *, now: float,
-    ) -> list[KVRecord | bool | None]:
+        max_keys: int | None = None,
+    ) -> list[KVResult]:
         """Applies ``writes`` in one transaction, all or nothing.
 
         Each result is the new record (set, incr, expire of a live key), True/False (delete:
-        whether a live key existed), or None (expire of a missing key).
+        whether a live key existed), or None (expire of a missing key). An ``incr`` adds to
+        the value as stored when the transaction runs, so concurrent increments are never
+        lost. With ``max_keys``, raises ``LimitExceeded("kv.keys")`` (and writes nothing) when
+        the writes would leave the tenant with more live keys than that and more than before.
         """
 
 
 class TemplateStore(abc.ABC):
-    """A tenant's templates as immutable, versioned sets."""
+    """A tenant's templates as immutable, versioned sets.
+
+    A template's ``version`` is the set version at which it was last written, so it is never
+    reused for a tenant, even after a delete and a new put of the same name.
+    """
 
     @abc.abstractmethod
     async def load_set(self, tenant: TenantId) -> TemplateSet:
         """The current set; version 0 and no templates for a tenant never seen."""
 
     @abc.abstractmethod
-    async def put(self, tenant: TenantId, template: Template) -> TemplateSet:
-        """Adds or replaces one template; bumps the set version in the same transaction."""
+    async def put(
+        self, tenant: TenantId, template: Template, *, max_templates: int | None = None,
+    ) -> TemplateSet:
+        """Adds or replaces one template; bumps the set version in the same transaction.
+
+        ``template.version`` and ``updated_at`` are ignored and assigned by the store. With
+        ``max_templates``, adding a new template past that many raises
+        ``LimitExceeded("template.count")``.
+        """
 
     @abc.abstractmethod
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         """Removes one template and bumps the version; None when it did not exist."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantState:
+    """What the host remembers about a tenant besides its data: flags and limit overrides.
+
+    ``flags`` are free-form (for example ``quarantined_until``); ``limit_overrides`` map
+    ``moonshard.limits.Limits`` field names to values for this tenant.
+    """
+
+    flags: Mapping[str, JsonValue] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+    limit_overrides: Mapping[str, JsonValue] = dataclasses.field(
+        default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
+        object.__setattr__(self, "limit_overrides", MappingProxyType(dict(self.limit_overrides)))
+
+
+class TenantStateStore(abc.ABC):
+    """Per-tenant flags and limit overrides. A tenant never seen has empty ones."""
+
+    @abc.abstractmethod
+    async def get(self, tenant: TenantId) -> TenantState:
+        ...
+
+    @abc.abstractmethod
+    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
+        """Replaces every flag of the tenant."""
+
+    @abc.abstractmethod
+    async def update_flags(
+        self, tenant: TenantId, changes: Mapping[str, JsonValue],
+    ) -> TenantState:
+        """Merges ``changes`` into the flags atomically; a None value removes that flag."""
+
+    @abc.abstractmethod
+    async def set_limit_overrides(
+        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
+    ) -> TenantState:
+        """Replaces the tenant's limit overrides."""
+
+
+def hash_token(token: str) -> str:
+    """How a bearer token is stored: the hex SHA-256 of its text.
+
+    Tokens are 256-bit random values, so a plain hash (no salt, no slow KDF) cannot be
+    reversed, and a lookup by hash stays one indexed query.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """Who a bearer token speaks for: one tenant, or every tenant (``tenant`` None, admin)."""
+
+    tenant: TenantId | None
+    created_at: float
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant is None
+
+    def reaches(self, tenant: TenantId) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+
+class TokenStore(abc.ABC):
+    """API bearer tokens. Only their hashes are stored; the text is shown once, at creation."""
+
+    @abc.abstractmethod
+    async def create(self, tenant: TenantId | None) -> str:
+        """A new random token for ``tenant`` (None: an admin token); returns its text."""
+
+    @abc.abstractmethod
+    async def resolve(self, token: str) -> TokenInfo | None:
+        """Who ``token`` speaks for; None when it is unknown or revoked."""
+
+    @abc.abstractmethod
+    async def ensure_admin(self, token: str) -> None:
+        """Records ``token`` (for example the one in the admin token file) as an admin token.
+
+        Idempotent. Raises ``ValueError`` if that token exists for a single tenant.
+        """
+
+    @abc.abstractmethod
+    async def revoke(self, token: str) -> bool:
+        """Forgets ``token``; True if it existed."""
+
+
+ExpiryCursor = tuple[float, str, str, str, str]
+"""(expires_at, tenant kind, tenant id, scope, key): the order expiries are paged in. Text
+sorts by code point in both stores."""
+
+ScheduledCursor = tuple[float, int]
+"""(due_at, id): the order scheduled events are paged in."""
+
+
+def expiry_cursor(tenant: TenantId, record: KVRecord) -> ExpiryCursor:
+    """Where ``record`` (a key with an expiry) sits in the expiry order."""
+    if record.expires_at is None:
+        raise ValueError(f"key {record.key!r} has no expiry")
+    return (record.expires_at, tenant.kind, tenant.id, record.scope, record.key)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScheduledEvent:
+    """A durable custom event of ``ctx.events.schedule``, due at ``due_at``."""
+
+    id: int
+    tenant: TenantId
+    key: str | None
+    name: str
+    data: JsonValue
+    due_at: float
+    attempt: int = 0
+    created_at: float = 0.0
+
+    @property
+    def cursor(self) -> ScheduledCursor:
+        return (self.due_at, self.id)
+
+
+Cursor = tuple[float, str, str, str, str]
+"""(due, tenant kind, tenant id, scope, key): the order timers are paged in."""
+
+CURSOR_START: Cursor = (float("-inf"), "", "", "", "")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimerRef:
+    """One pending timer: a key's expiry (``kind="expiry"``) or a scheduled event.
+
+    For a scheduled event ``key`` is its id as text and ``version`` its id; for an expiry,
+    ``version`` is the key's version when read, so a key changed since is left alone.
+    """
+
+    kind: str
+    due: float
+    tenant: TenantId
+    scope: str
+    key: str
+    version: int
+    attempt: int = 1
+
+    @property
+    def cursor(self) -> Cursor:
+        if self.kind == "scheduled":
+            # Scheduled events page by (due, id): the padded id sorts as the number does.
+            return (self.due, "", "", "", f"{self.version:020d}")
+        return (self.due, self.tenant.kind, self.tenant.id, self.scope, self.key)
+
+    @property
+    def identity(self) -> tuple[str, TenantId, str, str, int]:
+        return (self.kind, self.tenant, self.scope, self.key, self.version)
+
+
+Shard = tuple[int, int]
+"""(index, count): the tenants whose ``(id >> 22) % count == index``."""
+
+
+class TimerStore(abc.ABC):
+    """What the timer service reads and changes: key expiries and scheduled events.
+
+    Unlike ``KVStore``'s reads, the expiry queries return expired keys: that is their point.
+    """
+
+    @abc.abstractmethod
+    async def due_expiries(self, before: float, limit: int) -> list[tuple[TenantId, KVRecord]]:
+        """Keys with ``expires_at <= before`` across all tenants, soonest first."""
+
+    @abc.abstractmethod
+    async def expiries_after(
+        self, after: ExpiryCursor, end: float, limit: int, *, shard: Shard | None = None,
+    ) -> list[tuple[TenantId, KVRecord]]:
+        """Keys with ``expires_at <= end`` that sort after ``after`` in ``ExpiryCursor`` order,
+        in that order: pages through the timers of a window without skipping equal times.
+
+        Start with ``(float("-inf"), "", "", "", "")``; continue from the last row's cursor.
+        With ``shard``, only the tenants of that shard (a worker's own).
+        """
+
+    @abc.abstractmethod
+    async def delete_if_version(
+        self, tenant: TenantId, scope: str, key: str, version: int, *,
+        expires_at: float | None = None,
+    ) -> bool:
+        """Deletes the key only if its version is still ``version`` (not changed meanwhile).
+
+        A key deleted and created again starts over at version 1, so a timer should also pass
+        the ``expires_at`` it fired for: the row must then still carry exactly that expiry.
+        """
+
+    @abc.abstractmethod
+    async def resume_records(self, tenant: TenantId, *, now: float) -> list[KVRecord]:
+        """The tenant's live keys set with ``resume=true``, by scope and key."""
+
+    @abc.abstractmethod
+    async def schedule(
+        self, tenant: TenantId, key: str | None, name: str, data: JsonValue, due_at: float, *,
+        max_pending: int | None = None,
+    ) -> int:
+        """Stores a scheduled event and returns its id (ids are never reused).
+
+        With ``key``, first removes the tenant's pending event of that key. With
+        ``max_pending``, raises ``LimitExceeded("events.scheduled")`` when the tenant would
+        then have more pending events than that.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, tenant: TenantId, key: str) -> bool:
+        """Removes the tenant's pending event of ``key``; True if there was one."""
+
+    @abc.abstractmethod
+    async def due_scheduled(self, before: float, limit: int) -> list[ScheduledEvent]:
+        """Events with ``due_at <= before`` across all tenants, soonest first."""
+
+    @abc.abstractmethod
+    async def scheduled_after(
+        self, after: ScheduledCursor, end: float, limit: int, *, shard: Shard | None = None,
+    ) -> list[ScheduledEvent]:
+        """Events with ``due_at <= end`` after ``after`` in (due_at, id) order, in that order.
+
+        Start with ``(float("-inf"), 0)``; continue from the last event's ``cursor``.
+        """
+
+    @abc.abstractmethod
+    async def get_scheduled(self, event_id: int) -> ScheduledEvent | None:
+        """The pending event of that id; None once delivered, cancelled or replaced."""
+
+    @abc.abstractmethod
+    async def tenants_with_resume_keys(self, shard: Shard, *, now: float) -> list[TenantId]:
+        """The shard's tenants that have live resume keys (their work continues at start)."""
+
+    @abc.abstractmethod
+    async def has_pending(self, tenant: TenantId, key: str) -> bool:
+        """Whether the tenant has a pending scheduled event of ``key``."""
+
+    @abc.abstractmethod
+    async def pending_count(self, tenant: TenantId) -> int:
+        ...
+
+    @abc.abstractmethod
+    async def remove_scheduled(self, event_id: int) -> bool:
+        """Removes a delivered (or dead) event by id; False if it was gone or replaced."""
+
+    @abc.abstractmethod
+    async def retry_scheduled(self, event_id: int, due_at: float) -> bool:
+        """Moves an event to ``due_at`` and counts one more attempt; False if it is gone."""
+
+
 class Store(abc.ABC):
-    """Everything persistent. Open with ``moonshard.store.open_store(database_url)``."""
+    """Everything persistent. Open with ``moonshard.store.open_store(database_url)``.
+
+    A store is used from the event loop that opened it (the PostgreSQL pool is bound to it);
+    a thread with its own loop opens its own store.
+    """
 
     kv: KVStore
     templates: TemplateStore
+    tenants: TenantStateStore
+    tokens: TokenStore
+    timers: TimerStore
 
     @abc.abstractmethod
     async def close(self) -> None:
         ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -78,7 +79,7 @@ class _Child:
 
         try:
             reply = await core.handle(request, started)
-        except Exception as error:  # noqa: BLE001 - every error goes back to the caller
+        except Exception as error:
             self._send({"id": request_id, "err": error_to_wire(error)})
         else:
             self._send({"id": request_id, "ok": reply_to_wire(reply)})
@@ -87,6 +88,11 @@ class _Child:
 
 
 def main() -> None:
+    # The parent decides when a worker stops: Ctrl-C in a terminal (SIGINT to the whole
+    # process group) or a service manager's SIGTERM to every process must not kill a worker
+    # mid-event; the parent drains it, and a gone parent ends it through the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     config = WorkerConfig.from_wire(json.loads(sys.argv[1]))
     sock = socket.socket(fileno=int(sys.argv[2]))
     logging.basicConfig(level=logging.WARNING,

@@ -67,8 +67,8 @@ class ProcessWorker(WorkerHandle):
         reader, self._writer = await asyncio.open_unix_connection(sock=parent_end)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader))
-        await asyncio.wait({self._ready, self._reader_task},
-                           return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {self._ready, self._reader_task}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.done():
             raise WorkerCrashed(f"worker {self._config.index} died while starting")
 

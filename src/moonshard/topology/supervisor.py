@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
@@ -39,7 +40,7 @@ class RestartPolicy:
         """Delay before restart number ``consecutive`` (1-based) of a run of crashes."""
         if consecutive <= 1:
             return 0.0
-        return min(self.max_backoff, self.first_backoff * 2 ** (consecutive - 2))
+        return float(min(self.max_backoff, self.first_backoff * 2.0 ** (consecutive - 2)))
 
 
 class Quarantine:
@@ -148,7 +149,7 @@ class SupervisedWorker(Worker):
             handle = self._spawn()
             try:
                 await handle.start()
-            except Exception as error:  # noqa: BLE001 - a failed start is one more crash
+            except Exception as error:
                 outcome = f"failed to start: {error}"
                 continue
             self._current = handle
@@ -206,7 +207,5 @@ class SupervisedWorker(Worker):
             await handle.stop(deadline)
         if self._loop_task is not None:
             self._loop_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-            except asyncio.CancelledError:
-                pass

@@ -51,7 +51,7 @@ class ThreadWorker(WorkerHandle):
         outcome = "stopped"
         try:
             asyncio.run(self._serve())
-        except BaseException as error:  # noqa: BLE001 - reported to the supervisor as the exit
+        except BaseException as error:
             outcome = f"crashed: {type(error).__name__}: {error}"
             if not self._ready.is_set():
                 self._start_error = error

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -21,17 +22,19 @@ from moonshard.errors import Overloaded, WorkerUnavailable
 from moonshard.events import Event, HandlerResult
 from moonshard.host.api import Capability
 from moonshard.host.dispatch import dispatch_event
-from moonshard.host.events import EmitOnly
+from moonshard.host.events import EventsCapability, Scheduled
 from moonshard.host.kv import KVSession
 from moonshard.host.ratelimit import GcraLimiter
 from moonshard.limits import Limits
 from moonshard.sandbox.loading import build_vm, validate_template
 from moonshard.sandbox.vm import TenantVM
 from moonshard.sandbox.watchdog import StepWatchdog
-from moonshard.store.api import Store
+from moonshard.store.api import KVRecord, Shard, Store, TimerRef
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
-from moonshard.worker.messages import Dispatch, Reload, Request, Status, Stop, Validate
+from moonshard.timers.service import TimerConfig, TimerService
+from moonshard.timers.wheel import Cursor
+from moonshard.worker.messages import Arm, Dispatch, Reload, Request, Status, Stop, Validate
 
 __all__ = ["BuildReason", "DispatchReply", "TenantLog", "WorkerConfig", "WorkerCore"]
 
@@ -56,15 +59,26 @@ class WorkerConfig:
     max_queued: int = 20_000
     # Process workers end themselves when a Lua call is stuck past the hard limit.
     kill_when_stuck: bool = False
+    # How many workers the pool has: this worker fires the timers of its share of tenants.
+    workers: int = 1
+    timers: TimerConfig = dataclasses.field(default_factory=TimerConfig)
+    # Tenants with resume keys whose VMs are built at once when the worker starts.
+    warm_up_concurrency: int = 8
+
+    @property
+    def shard(self) -> Shard:
+        return (self.index, self.workers)
 
     def to_wire(self) -> dict[str, Any]:
-        wire = dataclasses.asdict(self)
-        return wire
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkerConfig:
         fields = dict(wire)
         fields["limits"] = Limits(**fields["limits"])
+        timers = dict(fields["timers"])
+        timers["backoff"] = tuple(timers["backoff"])
+        fields["timers"] = TimerConfig(**timers)
         return cls(**fields)
 
 
@@ -82,9 +96,22 @@ class DispatchReply:
     dropped: str | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FireTimer:
+    timer: TimerRef
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _WarmUp:
+    """Build the tenant's VM now (Startup and KeyResume run), without waiting for traffic."""
+
+
+_Work = Dispatch | Reload | _FireTimer | _WarmUp
+
+
 @dataclasses.dataclass(slots=True)
 class _Job:
-    request: Dispatch | Reload
+    request: _Work
     reply: asyncio.Future[Any] | None
     on_start: Callable[[], None] | None
 
@@ -92,8 +119,16 @@ class _Job:
 class _TenantSlot:
     """A tenant's mailbox, template set and VM within one worker."""
 
-    __slots__ = ("busy", "build_reason", "last_used", "mailbox", "rate_limiter", "template_set",
-                 "tenant", "vm")
+    __slots__ = (
+        "build_reason",
+        "busy",
+        "last_used",
+        "mailbox",
+        "rate_limiter",
+        "template_set",
+        "tenant",
+        "vm",
+    )
 
     def __init__(self, tenant: TenantId, mailbox_size: int) -> None:
         self.tenant = tenant
@@ -125,6 +160,26 @@ class WorkerCore:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             config.lua_threads, thread_name_prefix=f"moonshard-lua-{config.index}")
         self._watchdog = StepWatchdog(config.limits.hard_wall_seconds, self._stuck)
+        self.timers = TimerService(
+            {"expiry": self._page_source("expiry"), "scheduled": self._page_source("scheduled")},
+            self._fire_through_mailbox, config.timers)
+
+    def _page_source(self, kind: str) -> Callable[[Cursor, float, int], Any]:
+        """Reads this worker's share of the stored timers of ``kind``, a page at a time."""
+        timers, shard = self._store.timers, self.config.shard
+
+        async def expiries(after: Cursor, end: float, limit: int) -> list[TimerRef]:
+            rows = await timers.expiries_after(after, end, limit, shard=shard)
+            return [TimerRef("expiry", record.expires_at or 0.0, tenant, record.scope,
+                             record.key, record.version) for tenant, record in rows]
+
+        async def scheduled(after: Cursor, end: float, limit: int) -> list[TimerRef]:
+            last_id = int(after[4]) if after[4] else 0
+            events = await timers.scheduled_after((after[0], last_id), end, limit, shard=shard)
+            return [TimerRef("scheduled", event.due_at, event.tenant, "", str(event.id),
+                             event.id) for event in events]
+
+        return expiries if kind == "expiry" else scheduled
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -135,6 +190,8 @@ class WorkerCore:
                     self._tasks = tasks
                     self._ready.set()
                     tasks.create_task(self._evict_idle_forever())
+                    tasks.create_task(self.timers.run())
+                    tasks.create_task(self._warm_up())
                     await self._stopped.wait()
                     raise _Stopped
             except* _Stopped:
@@ -155,6 +212,9 @@ class WorkerCore:
             raise WorkerUnavailable(f"worker {self.config.index} is stopping")
         if isinstance(request, Validate):
             return await self._validate(request)
+        if isinstance(request, Arm):
+            self.timers.arm(request.timer)
+            return {"armed": True}
         if isinstance(request, Reload) and request.tenant not in self._slots:
             return {"reloaded": False}  # nothing cached: the next event loads the stored set
         slot = self._slot(request.tenant)
@@ -188,6 +248,7 @@ class WorkerCore:
             "vm_memory_bytes": sum(vm.memory_used for vm in resident),
             "queued": self._queued,
             "stopping": self._stopping,
+            "timers": {"held": self.timers.held, **self.timers.stats.to_json()},
         }
 
     # -- mailboxes -------------------------------------------------------------------------
@@ -225,7 +286,7 @@ class WorkerCore:
                 if job.reply is not None and not job.reply.done():
                     job.reply.set_exception(WorkerUnavailable("the worker stopped"))
                 raise
-            except Exception as error:  # noqa: BLE001 - handed to the caller, worker lives on
+            except Exception as error:
                 _log.exception("worker %s: %s failed", self.config.index, job.request)
                 if job.reply is not None and not job.reply.done():
                     job.reply.set_exception(error)
@@ -237,9 +298,15 @@ class WorkerCore:
                 slot.last_used = time.monotonic()
                 slot.mailbox.task_done()
 
-    async def _execute(self, slot: _TenantSlot, request: Dispatch | Reload) -> Any:
+    async def _execute(self, slot: _TenantSlot, request: _Work) -> Any:
         if isinstance(request, Reload):
             return await self._reload(slot)
+        if isinstance(request, _FireTimer):
+            return await self._fire(slot, request.timer)
+        if isinstance(request, _WarmUp):
+            template_set = await self._template_set(slot)
+            await self._vm(slot, template_set)
+            return None
         template_set = await self._template_set(slot)
         if request.event.name not in template_set.subscriptions:
             return _no_subscriber(request.event)
@@ -322,6 +389,123 @@ class WorkerCore:
                 evicted += 1
         return evicted
 
+    # -- timers ----------------------------------------------------------------------------
+    def _arm_expiries(self, tenant: TenantId) -> Callable[[list[KVRecord]], None]:
+        def arm(records: list[KVRecord]) -> None:
+            for record in records:
+                if record.expires_at is not None:
+                    self.timers.arm(TimerRef("expiry", record.expires_at, tenant, record.scope,
+                                             record.key, record.version))
+        return arm
+
+    async def _fire_through_mailbox(self, timer: TimerRef) -> None:
+        """Fires in the tenant's mailbox, so in order with its other events; waits for it."""
+        if self._stopping:
+            raise WorkerUnavailable("stopping: the timer fires after the restart")
+        slot = self._slot(timer.tenant)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(slot, _Job(_FireTimer(timer), done, None))
+        await done
+
+    async def _fire(self, slot: _TenantSlot, timer: TimerRef) -> None:
+        retried = False
+        try:
+            if timer.kind == "expiry":
+                retried = await self._fire_expiry(slot, timer)
+            else:
+                retried = await self._fire_scheduled(slot, timer)
+        finally:
+            if not retried:
+                self.timers.done(timer)
+
+    async def _fire_expiry(self, slot: _TenantSlot, timer: TimerRef) -> bool:
+        """Delivers ``KeyExpiry``; True when a retry was scheduled."""
+        tenant, store = slot.tenant, self._store
+        record, _ = await store.kv.load_row(tenant, timer.scope, timer.key)
+        if record is None or record.version != timer.version or record.expires_at is None \
+                or record.expires_at > time.time():
+            return False  # deleted, changed or moved since it was read: not this timer's
+        template_set = await self._template_set(slot)
+        if "KeyExpiry" not in template_set.subscriptions:
+            await store.timers.delete_if_version(tenant, timer.scope, timer.key, timer.version,
+                                                expires_at=record.expires_at)
+            return False
+        event = Event("KeyExpiry", {
+            "key": record.key, "scope": record.scope, "value": record.value,
+            "expires_at": record.expires_at, "attempt": timer.attempt,
+        }, id=_stable_id("expiry", tenant, timer.scope, timer.key, timer.version))
+        vm = await self._vm(slot, template_set)
+        results = await self._run_event(slot, vm, template_set, event)
+        if all(result.ok for result in results):
+            await store.timers.delete_if_version(tenant, timer.scope, timer.key, timer.version,
+                                                expires_at=record.expires_at)
+            return False
+        delay = self.timers.backoff(timer.attempt)
+        if delay is None:
+            await store.timers.delete_if_version(tenant, timer.scope, timer.key, timer.version,
+                                                expires_at=record.expires_at)
+            self._dead_letter(tenant, f"KeyExpiry of {timer.scope}/{timer.key}", timer.attempt,
+                              results)
+            return False
+        self.timers.retry(dataclasses.replace(timer, due=time.time() + delay,
+                                              attempt=timer.attempt + 1))
+        return True
+
+    async def _fire_scheduled(self, slot: _TenantSlot, timer: TimerRef) -> bool:
+        """Delivers a scheduled event; True when a retry was scheduled."""
+        tenant, timers = slot.tenant, self._store.timers
+        scheduled = await timers.get_scheduled(timer.version)
+        if scheduled is None or scheduled.due_at > time.time():
+            return False  # cancelled, replaced or moved
+        template_set = await self._template_set(slot)
+        if scheduled.name not in template_set.subscriptions:
+            await timers.remove_scheduled(scheduled.id)
+            return False
+        attempt = scheduled.attempt + 1
+        event = Event(scheduled.name, scheduled.data,
+                      id=_stable_id("scheduled", tenant, "", str(scheduled.id), scheduled.id))
+        vm = await self._vm(slot, template_set)
+        results = await self._run_event(slot, vm, template_set, event)
+        if all(result.ok for result in results):
+            await timers.remove_scheduled(scheduled.id)
+            return False
+        delay = self.timers.backoff(attempt)
+        if delay is None:
+            await timers.remove_scheduled(scheduled.id)
+            self._dead_letter(tenant, f"scheduled event {scheduled.name}", attempt, results)
+            return False
+        due = time.time() + delay
+        if not await timers.retry_scheduled(scheduled.id, due):
+            return False
+        self.timers.retry(dataclasses.replace(timer, due=due, attempt=attempt + 1))
+        return True
+
+    def _dead_letter(self, tenant: TenantId, what: str, attempts: int,
+                     results: list[HandlerResult]) -> None:
+        errors = "; ".join(f"{result.template}: {result.error}" for result in results
+                           if not result.ok)
+        self._log(tenant, "error", "-",
+                  f"dead letter: {what} failed {attempts} times and was dropped ({errors})")
+
+    async def _warm_up(self) -> None:
+        """Builds the VMs of tenants with resume keys at start, a few at a time."""
+        tenants = await self._store.timers.tenants_with_resume_keys(self.config.shard,
+                                                                    now=time.time())
+        slots = asyncio.Semaphore(self.config.warm_up_concurrency)
+
+        async def warm(tenant: TenantId) -> None:
+            async with slots:
+                done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                self._enqueue(self._slot(tenant), _Job(_WarmUp(), done, None))
+                try:
+                    await done
+                except Exception as error:
+                    _log.warning("warming %s up failed: %s", tenant, error)
+
+        async with asyncio.TaskGroup() as warming:
+            for tenant in tenants:
+                warming.create_task(warm(tenant))
+
     # -- running events --------------------------------------------------------------------
     async def _run_event(self, slot: _TenantSlot, vm: TenantVM, template_set: TemplateSet,
                          event: Event) -> list[HandlerResult]:
@@ -335,10 +519,16 @@ class WorkerCore:
                 except Overloaded as error:
                     self._log(tenant, "error", "-", f"emitted event {emitted.name} lost: {error}")
 
+        def scheduled(event: Scheduled) -> None:
+            self.timers.arm(TimerRef("scheduled", event.due_at, tenant, "", str(event.id),
+                                     event.id))
+
         def open_capabilities(template: Template, running: Event) -> Mapping[str, Capability]:
             return {
-                "kv": KVSession(self._store.kv, tenant, limits, slot.rate_limiter),
-                "events": EmitOnly(deliver, limits.emits_per_dispatch, author=running.author),
+                "kv": KVSession(self._store.kv, tenant, limits, slot.rate_limiter,
+                                on_commit=self._arm_expiries(tenant)),
+                "events": EventsCapability(tenant, limits, self._store.timers, deliver,
+                                           author=running.author, on_scheduled=scheduled),
             }
 
         results = await dispatch_event(vm, template_set, event, open_capabilities,
@@ -390,6 +580,11 @@ class WorkerCore:
 
 class _Stopped(Exception):
     """Ends the worker's task group once it has drained."""
+
+
+def _stable_id(kind: str, tenant: TenantId, scope: str, key: str, version: int) -> str:
+    """The same id for every delivery of one timer, so a handler can de-duplicate."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"moonshard:{kind}:{tenant}:{scope}:{key}:{version}").hex
 
 
 def _no_subscriber(event: Event) -> DispatchReply:

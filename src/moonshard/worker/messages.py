@@ -10,9 +10,11 @@ import dataclasses
 from typing import Any
 
 from moonshard.events import Event, HandlerResult
+from moonshard.store.api import TimerRef
 from moonshard.tenants import TenantId
 
 __all__ = [
+    "Arm",
     "Dispatch",
     "Reload",
     "Request",
@@ -56,6 +58,13 @@ class Validate:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Arm:
+    """A timer was written outside the worker (the HTTP API): hold it if it is due soon."""
+
+    timer: TimerRef
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Status:
     """Report the worker's state (resident VMs, queues)."""
 
@@ -67,7 +76,7 @@ class Stop:
     deadline: float = 30.0
 
 
-Request = Dispatch | Reload | Validate | Status | Stop
+Request = Dispatch | Reload | Validate | Arm | Status | Stop
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
@@ -89,6 +98,10 @@ def request_to_wire(request: Request) -> dict[str, Any]:
     if isinstance(request, Validate):
         return {"t": "validate", "tenant": str(request.tenant), "name": request.name,
                 "files": request.files}
+    if isinstance(request, Arm):
+        timer = request.timer
+        return {"t": "arm", "kind": timer.kind, "due": timer.due, "tenant": str(timer.tenant),
+                "scope": timer.scope, "key": timer.key, "version": timer.version}
     if isinstance(request, Stop):
         return {"t": "stop", "deadline": request.deadline}
     return {"t": "status"}
@@ -102,6 +115,9 @@ def request_from_wire(wire: dict[str, Any]) -> Request:
         return Reload(TenantId.parse(wire["tenant"]))
     if kind == "validate":
         return Validate(TenantId.parse(wire["tenant"]), wire["name"], dict(wire["files"]))
+    if kind == "arm":
+        return Arm(TimerRef(wire["kind"], float(wire["due"]), TenantId.parse(wire["tenant"]),
+                            wire["scope"], wire["key"], int(wire["version"])))
     if kind == "stop":
         return Stop(float(wire["deadline"]))
     if kind == "status":

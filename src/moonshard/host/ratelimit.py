@@ -1,0 +1,96 @@
+"""Per-tenant rate limits: the generic cell rate algorithm (GCRA), one bucket per action family.
+
+GCRA keeps one number per bucket, the theoretical arrival time (TAT) of the next request if
+requests came exactly at the sustained rate. A request of cost ``n`` is allowed when
+``max(TAT, now) + n * interval - burst * interval <= now``; it then moves TAT to
+``max(TAT, now) + n * interval``. This allows ``burst`` requests at once and ``per_second``
+sustained, with no timer and no refill loop. The limiter belongs to whoever owns the tenant
+(held outside the VM, so a rebuilt VM does not reset it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
+
+from moonshard.errors import LimitExceeded
+
+__all__ = ["DEFAULT_RATES", "GcraLimiter", "Rate"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rate:
+    """``burst`` requests at once, refilling at ``per_second``."""
+
+    burst: int
+    per_second: float
+
+    def __post_init__(self) -> None:
+        if self.burst < 1 or not self.per_second > 0:
+            raise ValueError("a rate needs a burst of at least 1 and a positive per_second")
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.per_second
+
+
+DEFAULT_RATES: Mapping[str, Rate] = MappingProxyType({
+    "kv": Rate(burst=500, per_second=5000.0),
+})
+"""Defaults per action family (TEMPLATES.md). Families without a rate are not limited."""
+
+# Forget buckets that have fully refilled once this many are held: a fresh bucket is the same.
+_PRUNE_AT = 4096
+
+
+class GcraLimiter:
+    """GCRA buckets keyed by (family, key). Not thread-safe: one owner, one event loop."""
+
+    __slots__ = ("_clock", "_rates", "_tat")
+
+    def __init__(
+        self, rates: Mapping[str, Rate] = DEFAULT_RATES, *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rates = MappingProxyType(dict(rates))
+        self._clock = clock
+        self._tat: dict[tuple[str, Hashable], float] = {}
+
+    def rate(self, family: str) -> Rate | None:
+        return self._rates.get(family)
+
+    def try_acquire(self, family: str, cost: int = 1, *, key: Hashable = None) -> float:
+        """Takes ``cost`` from the bucket: 0.0 if allowed, else the seconds to wait (nothing
+        taken). A cost above the burst is charged as a full burst, or it could never pass."""
+        rate = self._rates.get(family)
+        if rate is None:
+            return 0.0
+        now = self._clock()
+        interval = rate.interval
+        bucket = (family, key)
+        tat = max(self._tat.get(bucket, now), now)
+        new_tat = tat + min(cost, rate.burst) * interval
+        allowed_at = new_tat - rate.burst * interval
+        # The tolerance absorbs float rounding of TAT sums, so exactly `burst` calls at one
+        # instant all pass.
+        if allowed_at > now + interval * 1e-6:
+            return allowed_at - now
+        if len(self._tat) >= _PRUNE_AT:
+            self._prune(now)
+        self._tat[bucket] = new_tat
+        return 0.0
+
+    def acquire(self, family: str, cost: int = 1, *, key: Hashable = None) -> None:
+        """Like ``try_acquire``, but raises ``LimitExceeded("rate.<family>")`` when over."""
+        wait = self.try_acquire(family, cost, key=key)
+        if wait > 0.0:
+            raise LimitExceeded(
+                f"rate.{family}",
+                f"rate limit for bucket {family} exceeded; retry in {wait:.3f} s",
+                retry_after=wait)
+
+    def _prune(self, now: float) -> None:
+        for bucket in [bucket for bucket, tat in self._tat.items() if tat <= now]:
+            del self._tat[bucket]

@@ -1,0 +1,94 @@
+"""Small pieces both stores share: decoding rows, limit checks, tokens. No SQL lives here."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from moonshard.errors import LimitExceeded
+from moonshard.store.api import ScheduledEvent, TenantState, TokenInfo
+from moonshard.templates import Template
+from moonshard.tenants import TenantId
+from moonshard.values import JsonValue, loads_json
+
+__all__ = [
+    "check_admin",
+    "check_pending",
+    "check_template_count",
+    "merge_flags",
+    "new_token",
+    "scheduled_event",
+    "template_from_row",
+    "tenant_state",
+    "token_info",
+]
+
+
+def template_from_row(
+    name: str, files: str, events: str, paused: object, version: int, updated_at: float,
+) -> Template:
+    files_json = loads_json(files)
+    events_json = loads_json(events)
+    if not isinstance(files_json, dict) or not isinstance(events_json, list):
+        raise ValueError(f"template {name!r} is stored malformed")
+    return Template(name, {path: str(source) for path, source in files_json.items()},
+                    tuple(str(event) for event in events_json), bool(paused), int(version),
+                    float(updated_at))
+
+
+def check_template_count(count: int, max_templates: int) -> None:
+    """Refuses a new template when the tenant already has ``max_templates``."""
+    if count >= max_templates:
+        raise LimitExceeded(
+            "template.count", f"a tenant may have at most {max_templates} templates")
+
+
+def tenant_state(flags: str, limit_overrides: str) -> TenantState:
+    flags_json, limits_json = loads_json(flags), loads_json(limit_overrides)
+    if not isinstance(flags_json, dict) or not isinstance(limits_json, dict):
+        raise ValueError("tenant state is stored malformed")
+    return TenantState(flags_json, limits_json)
+
+
+def merge_flags(
+    flags: Mapping[str, JsonValue], changes: Mapping[str, JsonValue],
+) -> dict[str, JsonValue]:
+    """``flags`` updated by ``changes``; a None value removes that flag."""
+    merged = dict(flags)
+    for name, value in changes.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
+
+
+def new_token() -> str:
+    """A bearer token: 256 random bits, prefixed so a leaked one is recognisable in a log."""
+    return "mst_" + secrets.token_urlsafe(32)
+
+
+def token_info(kind: str | None, tenant_id: str | None, created_at: float) -> TokenInfo:
+    tenant = None if kind is None or tenant_id is None else TenantId(kind, tenant_id)
+    return TokenInfo(tenant, float(created_at))
+
+
+def check_admin(info: TokenInfo | None) -> None:
+    """``ensure_admin`` must not silently keep a tenant token that was meant as the admin's."""
+    if info is not None and not info.is_admin:
+        raise ValueError("that token already exists for a single tenant; pick another admin token")
+
+
+def check_pending(pending: int, max_pending: int) -> None:
+    if pending >= max_pending:
+        raise LimitExceeded(
+            "events.scheduled",
+            f"a tenant may have at most {max_pending} pending scheduled events")
+
+
+def scheduled_event(row: Sequence[Any]) -> ScheduledEvent:
+    """A ScheduledEvent from ``id, tenant_kind, tenant_id, key, name, data, due_at, attempt,
+    created_at``."""
+    return ScheduledEvent(int(row[0]), TenantId(row[1], row[2]), row[3], row[4],
+                          loads_json(row[5]), float(row[6]), int(row[7]), float(row[8]))

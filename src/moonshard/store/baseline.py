@@ -1,0 +1,54 @@
+"""The store benchmark's baseline: the SQLite store's hot-path SQL run directly on the calling
+thread, with no thread hand-off, no overlay and no transaction grouping (the limit the
+store could reach on one connection)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from moonshard.store.sqlite import _KV_GET, _KV_INSERT, _KV_ROW, _KV_UPDATE
+from moonshard.tenants import TenantId
+from moonshard.values import dumps_json, loads_json
+
+__all__ = ["sqlite_baseline"]
+
+
+def sqlite_baseline(path: Path, tenant: TenantId, seconds: float) -> tuple[float, float]:
+    """(write transactions per second, gets per second), each measured for ``seconds``.
+
+    Blocking: call it from a thread. Writes keys ``raw:<n>`` of ``tenant``.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+    kind, tenant_id = tenant.kind, tenant.id
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        done = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            key = f"raw:{done % 1000}"
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute(_KV_ROW, (kind, tenant_id, "default", key)).fetchone()
+            if row is None:
+                conn.execute(_KV_INSERT, (kind, tenant_id, "default", key, dumps_json(done), 1,
+                                          now, now, None, 0))
+            else:
+                conn.execute(_KV_UPDATE, (dumps_json(done), row[1] + 1, row[2], now, None, 0,
+                                          kind, tenant_id, "default", key))
+            conn.execute("COMMIT")
+            done += 1
+        commits = done / (time.perf_counter() - started)
+        done = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            key = f"raw:{done % 1000}"
+            found = conn.execute(_KV_GET, (kind, tenant_id, "default", key, time.time())).fetchone()
+            if found is not None:
+                loads_json(found[0])
+            done += 1
+        gets = done / (time.perf_counter() - started)
+    finally:
+        conn.close()
+    return round(commits, 1), round(gets, 1)

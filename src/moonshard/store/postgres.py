@@ -1,0 +1,599 @@
+"""The PostgreSQL store: the same schema and rules as SQLite, on an asyncpg pool.
+
+Transactions run at READ COMMITTED. A key-value write locks the rows it touches
+(``SELECT ... FOR UPDATE``, in key order, so two runs never deadlock on each other's keys) and
+applies its writes to them as they stand at that moment: an ``incr`` adds to the latest
+committed value, never to a value read earlier. Two transactions creating the same key at once
+collide on the primary key; the loser is retried from the start and then sees the winner's row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from moonshard.store import kvlogic
+from moonshard.store._common import (
+    check_admin,
+    check_pending,
+    check_template_count,
+    merge_flags,
+    new_token,
+    scheduled_event,
+    template_from_row,
+    tenant_state,
+    token_info,
+)
+from moonshard.store.api import (
+    ExpiryCursor,
+    KVExpire,
+    KVIncr,
+    KVRecord,
+    KVResult,
+    KVStore,
+    KVWrite,
+    ScheduledCursor,
+    ScheduledEvent,
+    Shard,
+    Store,
+    TemplateStore,
+    TenantState,
+    TenantStateStore,
+    TimerStore,
+    TokenInfo,
+    TokenStore,
+    hash_token,
+)
+from moonshard.store.migrations import migrate_postgres
+from moonshard.templates import Template, TemplateSet
+from moonshard.tenants import TenantId
+from moonshard.values import JsonValue, dumps_json, loads_json
+
+__all__ = ["PostgresStore", "split_schema"]
+
+_T = TypeVar("_T")
+_Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+# Conflicts that abort a transaction which succeeds when simply run again.
+_RETRYABLE = (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
+              asyncpg.SerializationError)
+_ATTEMPTS = 8
+
+# -- key-value ---------------------------------------------------------------------------------
+_TENANT = "tenant_kind = $1 AND tenant_id = $2"
+_KEY = f"{_TENANT} AND scope = $3 AND key = $4"
+_FIELDS = "value, version, created_at, updated_at, expires_at, resume"
+_KV_GET = f"SELECT {_FIELDS} FROM kv WHERE {_KEY} AND (expires_at IS NULL OR expires_at > $5)"
+# One statement, so one snapshot: the key's row (even expired) and the tenant's row count.
+_KV_LOAD_ROW = (
+    "SELECT k.value, k.version, k.created_at, k.updated_at, k.expires_at, k.resume, c.row_count"
+    " FROM (SELECT 1) AS one"
+    " LEFT JOIN kv AS k ON k.tenant_kind = $1 AND k.tenant_id = $2 AND k.scope = $3"
+    " AND k.key = $4"
+    " LEFT JOIN kv_counts AS c ON c.tenant_kind = $1 AND c.tenant_id = $2")
+_KV_ROWS_OF = (
+    f"SELECT scope, key, {_FIELDS} FROM kv WHERE {_TENANT}"
+    " AND (scope, key) IN (SELECT * FROM unnest($3::text[], $4::text[]))")
+_KV_LOCK = f"{_KV_ROWS_OF} ORDER BY scope, key FOR UPDATE"
+_KV_FIND = (
+    f"SELECT key, {_FIELDS} FROM kv WHERE {_TENANT} AND scope = $3"
+    " AND (expires_at IS NULL OR expires_at > $4)")
+_KV_COUNT_SCOPE = (
+    f"SELECT COUNT(*) FROM kv WHERE {_TENANT} AND scope = $3"
+    " AND (expires_at IS NULL OR expires_at > $4)")
+_KV_COUNT_ALL = (
+    f"SELECT COUNT(*) FROM kv WHERE {_TENANT} AND (expires_at IS NULL OR expires_at > $3)")
+_KV_INSERT = (
+    "INSERT INTO kv (tenant_kind, tenant_id, scope, key, value, version, created_at, updated_at,"
+    " expires_at, resume) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+_KV_UPDATE = (
+    "UPDATE kv SET value = $5, version = $6, created_at = $7, updated_at = $8, expires_at = $9,"
+    f" resume = $10 WHERE {_KEY}")
+_KV_DELETE = f"DELETE FROM kv WHERE {_KEY}"
+_KV_DELETE_VERSION = f"DELETE FROM kv WHERE {_KEY} AND version = $5"
+_KV_DELETE_VERSION_AT = f"{_KV_DELETE_VERSION} AND expires_at = $6"
+_KV_ROWS = f"SELECT row_count FROM kv_counts WHERE {_TENANT}"
+_KV_ROWS_ADD = (
+    "INSERT INTO kv_counts (tenant_kind, tenant_id, row_count) VALUES ($1, $2, $3)"
+    " ON CONFLICT (tenant_kind, tenant_id)"
+    " DO UPDATE SET row_count = kv_counts.row_count + EXCLUDED.row_count")
+_KV_TIMER_FIELDS = f"tenant_kind, tenant_id, scope, key, {_FIELDS}"
+_KV_DUE = (
+    f"SELECT {_KV_TIMER_FIELDS} FROM kv WHERE expires_at IS NOT NULL AND expires_at <= $1"
+    " ORDER BY expires_at LIMIT $2")
+_KV_AFTER = (
+    f"SELECT {_KV_TIMER_FIELDS} FROM kv WHERE expires_at IS NOT NULL AND expires_at <= $1"
+    " AND (expires_at, tenant_kind, tenant_id, scope, key) > ($2, $3, $4, $5, $6)"
+    " ORDER BY expires_at, tenant_kind, tenant_id, scope, key LIMIT $7")
+# A worker's tenants: Discord's shard formula on the snowflake (TenantId keeps them < 2**63).
+_KV_AFTER_SHARD = _KV_AFTER.replace(
+    " ORDER BY", " AND ((tenant_id::bigint >> 22) % $8) = $9 ORDER BY")
+_RESUME_TENANTS = (
+    "SELECT DISTINCT tenant_kind, tenant_id FROM kv WHERE resume"
+    " AND (expires_at IS NULL OR expires_at > $1) AND ((tenant_id::bigint >> 22) % $2) = $3"
+    " ORDER BY tenant_kind, tenant_id")
+_KV_RESUME = (
+    f"SELECT scope, key, {_FIELDS} FROM kv WHERE {_TENANT} AND resume"
+    " AND (expires_at IS NULL OR expires_at > $3) ORDER BY scope, key")
+
+# -- templates ---------------------------------------------------------------------------------
+_SET_VERSION = f"SELECT version FROM template_sets WHERE {_TENANT}"
+_SET_BUMP = (
+    "INSERT INTO template_sets (tenant_kind, tenant_id, version, updated_at)"
+    " VALUES ($1, $2, 1, $3) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
+    " SET version = template_sets.version + 1, updated_at = EXCLUDED.updated_at"
+    " RETURNING version")
+_TEMPLATES = (
+    "SELECT name, files, events, paused, version, updated_at FROM templates"
+    f" WHERE {_TENANT} ORDER BY name")
+_TEMPLATE_EXISTS = f"SELECT 1 FROM templates WHERE {_TENANT} AND name = $3"
+_TEMPLATE_COUNT = f"SELECT COUNT(*) FROM templates WHERE {_TENANT}"
+_TEMPLATE_PUT = (
+    "INSERT INTO templates (tenant_kind, tenant_id, name, files, events, paused, version,"
+    " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    " ON CONFLICT (tenant_kind, tenant_id, name) DO UPDATE SET files = EXCLUDED.files,"
+    " events = EXCLUDED.events, paused = EXCLUDED.paused, version = EXCLUDED.version,"
+    " updated_at = EXCLUDED.updated_at")
+_TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_TENANT} AND name = $3"
+# Serialises writers of one tenant's set: the version row is locked (or created) first.
+_SET_LOCK = (
+    "INSERT INTO template_sets (tenant_kind, tenant_id, version, updated_at)"
+    " VALUES ($1, $2, 0, $3) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
+    " SET version = template_sets.version RETURNING version")
+
+# -- tenant state ------------------------------------------------------------------------------
+_STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT}"
+_STATE_LOCK = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT} FOR UPDATE"
+_STATE_SET_FLAGS = (
+    "INSERT INTO tenant_state (tenant_kind, tenant_id, flags, updated_at) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (tenant_kind, tenant_id) DO UPDATE SET flags = EXCLUDED.flags,"
+    " updated_at = EXCLUDED.updated_at RETURNING flags, limit_overrides")
+_STATE_SET_LIMITS = (
+    "INSERT INTO tenant_state (tenant_kind, tenant_id, limit_overrides, updated_at)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
+    " SET limit_overrides = EXCLUDED.limit_overrides, updated_at = EXCLUDED.updated_at"
+    " RETURNING flags, limit_overrides")
+
+# -- tokens ------------------------------------------------------------------------------------
+_TOKEN_INSERT = (
+    "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING")
+_TOKEN_GET = "SELECT tenant_kind, tenant_id, created_at FROM api_tokens WHERE token_hash = $1"
+_TOKEN_DELETE = "DELETE FROM api_tokens WHERE token_hash = $1"
+
+# -- scheduled events --------------------------------------------------------------------------
+_EVENT_FIELDS = "id, tenant_kind, tenant_id, key, name, data, due_at, attempt, created_at"
+_EVENT_INSERT = (
+    "INSERT INTO scheduled_events (tenant_kind, tenant_id, key, name, data, due_at, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
+_EVENT_CANCEL = f"DELETE FROM scheduled_events WHERE {_TENANT} AND key = $3"
+_EVENT_COUNT = f"SELECT COUNT(*) FROM scheduled_events WHERE {_TENANT}"
+_EVENT_DUE = (
+    f"SELECT {_EVENT_FIELDS} FROM scheduled_events WHERE due_at <= $1"
+    " ORDER BY due_at, id LIMIT $2")
+_EVENT_AFTER = (
+    f"SELECT {_EVENT_FIELDS} FROM scheduled_events WHERE due_at <= $1"
+    " AND (due_at, id) > ($2, $3) ORDER BY due_at, id LIMIT $4")
+_EVENT_HAS = f"SELECT 1 FROM scheduled_events WHERE {_TENANT} AND key = $3"
+_EVENT_GET = f"SELECT {_EVENT_FIELDS} FROM scheduled_events WHERE id = $1"
+_EVENT_AFTER_SHARD = _EVENT_AFTER.replace(
+    " ORDER BY", " AND ((tenant_id::bigint >> 22) % $5) = $6 ORDER BY")
+_EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = $1"
+_EVENT_RETRY = "UPDATE scheduled_events SET due_at = $2, attempt = attempt + 1 WHERE id = $1"
+
+
+def split_schema(database_url: str) -> tuple[str, str | None]:
+    """``database_url`` without its ``schema`` query parameter, and that schema."""
+    parsed = urllib.parse.urlsplit(database_url)
+    query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    schemas = [value for name, value in query if name == "schema"]
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name != "schema"])
+    schema = schemas[-1] if schemas else None
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"bad PostgreSQL schema {schema!r}: use letters, digits and _, at most 63")
+    return urllib.parse.urlunsplit(parsed._replace(query=rest)), schema
+
+
+class PostgresStore(Store):
+    """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
+
+    __slots__ = ("_pool", "kv", "schema", "templates", "tenants", "timers", "tokens")
+
+    def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
+        self._pool = pool
+        self.schema = schema
+        self.kv = PostgresKVStore(pool)
+        self.templates = PostgresTemplateStore(pool)
+        self.tenants = PostgresTenantStateStore(pool)
+        self.tokens = PostgresTokenStore(pool)
+        self.timers = PostgresTimerStore(pool)
+
+    @classmethod
+    async def open_url(cls, database_url: str) -> PostgresStore:
+        dsn, schema = split_schema(database_url)
+        return await cls.open(dsn, schema=schema)
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 10,
+    ) -> PostgresStore:
+        """Connects, creates ``schema`` if missing, and migrates it."""
+        server_settings: dict[str, str] = {}
+        if schema is not None:
+            await _create_schema(dsn, schema)
+            server_settings["search_path"] = _quote(schema)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, server_settings=server_settings)
+        try:
+            async with pool.acquire() as conn:
+                await migrate_postgres(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, schema)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+async def _create_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval(
+            "SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+        if not exists:
+            # Another process may create it between our check and our create.
+            with contextlib.suppress(asyncpg.UniqueViolationError):
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
+    finally:
+        await conn.close()
+
+
+def _record(
+    scope: str, key: str, row: asyncpg.Record | Sequence[Any], *, decode: bool = True,
+) -> KVRecord:
+    value = loads_json(row[0]) if decode else None
+    return KVRecord(key, scope, value, row[1], row[2], row[3], row[4], row[5])
+
+
+def _timer_records(rows: Sequence[asyncpg.Record]) -> list[tuple[TenantId, KVRecord]]:
+    return [(TenantId(row[0], row[1]), _record(row[2], row[3], row[4:])) for row in rows]
+
+
+async def _retrying(
+    pool: asyncpg.Pool, body: Callable[[_Connection], Awaitable[_T]],
+) -> _T:
+    """Runs ``body`` in a transaction, again from the start after a retryable conflict."""
+    for attempt in range(_ATTEMPTS):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                return await body(conn)
+        except _RETRYABLE:
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Component:
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+
+# -- key-value ---------------------------------------------------------------------------------
+class PostgresKVStore(_Component, KVStore):
+    __slots__ = ()
+
+    async def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        row = await self._pool.fetchrow(_KV_GET, tenant.kind, tenant.id, scope, key, now)
+        return None if row is None else _record(scope, key, row)
+
+    async def load_rows(
+        self, tenant: TenantId, keys: Sequence[tuple[str, str]],
+    ) -> tuple[dict[tuple[str, str], KVRecord], int]:
+        if len(keys) == 1:
+            ((scope, key),) = keys
+            row = await self._pool.fetchrow(_KV_LOAD_ROW, tenant.kind, tenant.id, scope, key)
+            assert row is not None  # the LEFT JOINs always give one row
+            found = {} if row[1] is None else {(scope, key): _record(scope, key, row)}
+            return found, int(row[6] or 0)
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(_KV_ROWS_OF, tenant.kind, tenant.id,
+                                    [scope for scope, _ in keys], [key for _, key in keys])
+            stored = await conn.fetchval(_KV_ROWS, tenant.kind, tenant.id)
+        return {(row[0], row[1]): _record(row[0], row[1], row[2:]) for row in rows}, int(
+            stored or 0)
+
+    async def find(
+        self, tenant: TenantId, scope: str, prefix: str, *, after: str | None, limit: int,
+        now: float,
+    ) -> list[KVRecord]:
+        sql = _KV_FIND
+        params: list[object] = [tenant.kind, tenant.id, scope, now]
+        if prefix:
+            params.append(prefix)
+            sql += f" AND key >= ${len(params)}"
+            end = kvlogic.prefix_end(prefix)
+            if end is not None:
+                params.append(end)
+                sql += f" AND key < ${len(params)}"
+        if after is not None:
+            params.append(after)
+            sql += f" AND key > ${len(params)}"
+        params.append(limit)
+        sql += f" ORDER BY key LIMIT ${len(params)}"
+        rows = await self._pool.fetch(sql, *params)
+        return [_record(scope, row[0], row[1:]) for row in rows]
+
+    async def count(self, tenant: TenantId, scope: str | None, *, now: float) -> int:
+        if scope is None:
+            value = await self._pool.fetchval(_KV_COUNT_ALL, tenant.kind, tenant.id, now)
+        else:
+            value = await self._pool.fetchval(
+                _KV_COUNT_SCOPE, tenant.kind, tenant.id, scope, now)
+        return int(value)
+
+    async def apply(
+        self, tenant: TenantId, writes: Sequence[KVWrite], *, now: float,
+        max_keys: int | None = None,
+    ) -> list[KVResult]:
+        if not writes:
+            return []
+        writes = tuple(writes)
+
+        async def body(conn: _Connection) -> list[KVResult]:
+            return await _kv_apply(conn, tenant, writes, now, max_keys)
+
+        return await _retrying(self._pool, body)
+
+
+async def _kv_apply(
+    conn: _Connection, tenant: TenantId, writes: tuple[KVWrite, ...], now: float,
+    max_keys: int | None,
+) -> list[KVResult]:
+    kind, tenant_id = tenant.kind, tenant.id
+    needs_value = {(w.scope, w.key) for w in writes if isinstance(w, KVIncr | KVExpire)}
+    keys = kvlogic.touched_keys(writes)
+    locked = await conn.fetch(
+        _KV_LOCK, kind, tenant_id, [scope for scope, _ in keys], [key for _, key in keys])
+    rows = {
+        (row[0], row[1]): _record(row[0], row[1], row[2:],
+                                  decode=(row[0], row[1]) in needs_value)
+        for row in locked}
+    plan = kvlogic.plan_writes(writes, rows, now)
+    if max_keys is not None and plan.live_delta > 0 and kvlogic.needs_live_count(
+            plan, max_keys, int(await conn.fetchval(_KV_ROWS, kind, tenant_id) or 0)):
+        live = int(await conn.fetchval(_KV_COUNT_ALL, kind, tenant_id, now))
+        kvlogic.check_key_limit(plan.live_delta, max_keys, live)
+    for scope, key in plan.deletes:
+        await conn.execute(_KV_DELETE, kind, tenant_id, scope, key)
+    for record in plan.inserts:
+        await conn.execute(_KV_INSERT, *_row_args(kind, tenant_id, record))
+    for record in plan.updates:
+        await conn.execute(_KV_UPDATE, *_row_args(kind, tenant_id, record))
+    if plan.row_delta:
+        await conn.execute(_KV_ROWS_ADD, kind, tenant_id, plan.row_delta)
+    return plan.results
+
+
+def _row_args(kind: str, tenant_id: str, record: KVRecord) -> tuple[object, ...]:
+    return (kind, tenant_id, record.scope, record.key, kvlogic.encode_value(record.value),
+            record.version, record.created_at, record.updated_at, record.expires_at,
+            record.resume)
+
+
+# -- templates ---------------------------------------------------------------------------------
+class PostgresTemplateStore(_Component, TemplateStore):
+    __slots__ = ()
+
+    async def load_set(self, tenant: TenantId) -> TemplateSet:
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            return await _read_set(conn, tenant)
+
+    async def put(
+        self, tenant: TenantId, template: Template, *, max_templates: int | None = None,
+    ) -> TemplateSet:
+        now = time.time()
+
+        async def body(conn: _Connection) -> TemplateSet:
+            await conn.fetchval(_SET_LOCK, tenant.kind, tenant.id, now)
+            if max_templates is not None and await conn.fetchval(
+                    _TEMPLATE_EXISTS, tenant.kind, tenant.id, template.name) is None:
+                check_template_count(
+                    int(await conn.fetchval(_TEMPLATE_COUNT, tenant.kind, tenant.id)),
+                    max_templates)
+            version = int(await conn.fetchval(_SET_BUMP, tenant.kind, tenant.id, now))
+            await conn.execute(
+                _TEMPLATE_PUT, tenant.kind, tenant.id, template.name,
+                dumps_json(dict(template.files)), dumps_json(list(template.events)),
+                template.paused, version, now)
+            return await _read_set(conn, tenant)
+
+        return await _retrying(self._pool, body)
+
+    async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
+        now = time.time()
+
+        async def body(conn: _Connection) -> TemplateSet | None:
+            await conn.fetchval(_SET_LOCK, tenant.kind, tenant.id, now)
+            if await conn.execute(_TEMPLATE_DELETE, tenant.kind, tenant.id, name) == "DELETE 0":
+                return None
+            await conn.fetchval(_SET_BUMP, tenant.kind, tenant.id, now)
+            return await _read_set(conn, tenant)
+
+        return await _retrying(self._pool, body)
+
+
+async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:
+    version = await conn.fetchval(_SET_VERSION, tenant.kind, tenant.id)
+    rows = await conn.fetch(_TEMPLATES, tenant.kind, tenant.id)
+    return TemplateSet(tenant, int(version or 0),
+                       tuple(template_from_row(*tuple(row)) for row in rows))
+
+
+# -- tenant state ------------------------------------------------------------------------------
+class PostgresTenantStateStore(_Component, TenantStateStore):
+    __slots__ = ()
+
+    async def get(self, tenant: TenantId) -> TenantState:
+        row = await self._pool.fetchrow(_STATE_GET, tenant.kind, tenant.id)
+        return TenantState() if row is None else tenant_state(row[0], row[1])
+
+    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
+        return await self._write(_STATE_SET_FLAGS, tenant, dict(flags))
+
+    async def update_flags(
+        self, tenant: TenantId, changes: Mapping[str, JsonValue],
+    ) -> TenantState:
+        async def body(conn: _Connection) -> TenantState:
+            row = await conn.fetchrow(_STATE_LOCK, tenant.kind, tenant.id)
+            current = TenantState() if row is None else tenant_state(row[0], row[1])
+            merged = merge_flags(current.flags, changes)
+            written = await conn.fetchrow(
+                _STATE_SET_FLAGS, tenant.kind, tenant.id, dumps_json(merged), time.time())
+            assert written is not None  # an upsert with RETURNING gives its row
+            return tenant_state(written[0], written[1])
+
+        return await _retrying(self._pool, body)
+
+    async def set_limit_overrides(
+        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
+    ) -> TenantState:
+        return await self._write(_STATE_SET_LIMITS, tenant, dict(overrides))
+
+    async def _write(self, sql: str, tenant: TenantId, value: dict[str, JsonValue]) -> TenantState:
+        row = await self._pool.fetchrow(sql, tenant.kind, tenant.id, dumps_json(value), time.time())
+        assert row is not None  # an upsert with RETURNING gives its row
+        return tenant_state(row[0], row[1])
+
+
+# -- tokens ------------------------------------------------------------------------------------
+class PostgresTokenStore(_Component, TokenStore):
+    __slots__ = ()
+
+    async def create(self, tenant: TenantId | None) -> str:
+        token = new_token()
+        kind, tenant_id = (None, None) if tenant is None else (tenant.kind, tenant.id)
+        await self._pool.execute(_TOKEN_INSERT, hash_token(token), kind, tenant_id, time.time())
+        return token
+
+    async def resolve(self, token: str) -> TokenInfo | None:
+        row = await self._pool.fetchrow(_TOKEN_GET, hash_token(token))
+        return None if row is None else token_info(row[0], row[1], row[2])
+
+    async def ensure_admin(self, token: str) -> None:
+        await self._pool.execute(_TOKEN_INSERT, hash_token(token), None, None, time.time())
+        check_admin(await self.resolve(token))
+
+    async def revoke(self, token: str) -> bool:
+        return bool(await self._pool.execute(_TOKEN_DELETE, hash_token(token)) != "DELETE 0")
+
+
+# -- timers ------------------------------------------------------------------------------------
+class PostgresTimerStore(_Component, TimerStore):
+    __slots__ = ()
+
+    async def due_expiries(self, before: float, limit: int) -> list[tuple[TenantId, KVRecord]]:
+        return _timer_records(await self._pool.fetch(_KV_DUE, before, limit))
+
+    async def expiries_after(
+        self, after: ExpiryCursor, end: float, limit: int, *, shard: Shard | None = None,
+    ) -> list[tuple[TenantId, KVRecord]]:
+        if shard is None:
+            return _timer_records(await self._pool.fetch(_KV_AFTER, end, *after, limit))
+        return _timer_records(await self._pool.fetch(
+            _KV_AFTER_SHARD, end, *after, limit, shard[1], shard[0]))
+
+    async def delete_if_version(
+        self, tenant: TenantId, scope: str, key: str, version: int, *,
+        expires_at: float | None = None,
+    ) -> bool:
+        async def body(conn: _Connection) -> bool:
+            if expires_at is None:
+                status = await conn.execute(
+                    _KV_DELETE_VERSION, tenant.kind, tenant.id, scope, key, version)
+            else:
+                status = await conn.execute(
+                    _KV_DELETE_VERSION_AT, tenant.kind, tenant.id, scope, key, version,
+                    expires_at)
+            if status == "DELETE 0":
+                return False
+            await conn.execute(_KV_ROWS_ADD, tenant.kind, tenant.id, -1)
+            return True
+
+        return await _retrying(self._pool, body)
+
+    async def resume_records(self, tenant: TenantId, *, now: float) -> list[KVRecord]:
+        rows = await self._pool.fetch(_KV_RESUME, tenant.kind, tenant.id, now)
+        return [_record(row[0], row[1], row[2:]) for row in rows]
+
+    async def schedule(
+        self, tenant: TenantId, key: str | None, name: str, data: JsonValue, due_at: float, *,
+        max_pending: int | None = None,
+    ) -> int:
+        encoded = dumps_json(data)
+        now = time.time()
+
+        async def body(conn: _Connection) -> int:
+            if key is not None:
+                await conn.execute(_EVENT_CANCEL, tenant.kind, tenant.id, key)
+            if max_pending is not None:
+                check_pending(
+                    int(await conn.fetchval(_EVENT_COUNT, tenant.kind, tenant.id)), max_pending)
+            return int(await conn.fetchval(
+                _EVENT_INSERT, tenant.kind, tenant.id, key, name, encoded, due_at, now))
+
+        return await _retrying(self._pool, body)
+
+    async def cancel(self, tenant: TenantId, key: str) -> bool:
+        return bool(await self._pool.execute(_EVENT_CANCEL, tenant.kind, tenant.id, key)
+                    != "DELETE 0")
+
+    async def due_scheduled(self, before: float, limit: int) -> list[ScheduledEvent]:
+        rows = await self._pool.fetch(_EVENT_DUE, before, limit)
+        return [scheduled_event(row[:]) for row in rows]
+
+    async def scheduled_after(
+        self, after: ScheduledCursor, end: float, limit: int, *, shard: Shard | None = None,
+    ) -> list[ScheduledEvent]:
+        if shard is None:
+            rows = await self._pool.fetch(_EVENT_AFTER, end, *after, limit)
+        else:
+            rows = await self._pool.fetch(_EVENT_AFTER_SHARD, end, *after, limit, shard[1],
+                                          shard[0])
+        return [scheduled_event(row[:]) for row in rows]
+
+    async def get_scheduled(self, event_id: int) -> ScheduledEvent | None:
+        row = await self._pool.fetchrow(_EVENT_GET, event_id)
+        return None if row is None else scheduled_event(row[:])
+
+    async def tenants_with_resume_keys(self, shard: Shard, *, now: float) -> list[TenantId]:
+        rows = await self._pool.fetch(_RESUME_TENANTS, now, shard[1], shard[0])
+        return [TenantId(row[0], row[1]) for row in rows]
+
+    async def has_pending(self, tenant: TenantId, key: str) -> bool:
+        return await self._pool.fetchval(_EVENT_HAS, tenant.kind, tenant.id, key) is not None
+
+    async def pending_count(self, tenant: TenantId) -> int:
+        return int(await self._pool.fetchval(_EVENT_COUNT, tenant.kind, tenant.id))
+
+    async def remove_scheduled(self, event_id: int) -> bool:
+        return bool(await self._pool.execute(_EVENT_REMOVE, event_id) != "DELETE 0")
+
+    async def retry_scheduled(self, event_id: int, due_at: float) -> bool:
+        return bool(await self._pool.execute(_EVENT_RETRY, event_id, due_at) != "UPDATE 0")

@@ -1,0 +1,1 @@
+"""Durable timers: key expiries and scheduled events, fired by the worker that owns the tenant."""
