@@ -296,3 +296,20 @@ async def test_pending_scheduled_events_are_limited(database: str) -> None:
         third = await engine.dispatch(TENANT, Event("LATER", {"n": 3, "delay": 60}))
         assert not third[0].ok
         assert "limit is 2" in (third[0].error or "")
+
+
+async def test_expiries_written_outside_a_worker_fire_once_told(database: str) -> None:
+    from moonshard.store.api import KVSet
+
+    async with open_engine(database, Logs()) as engine:
+        await engine.templates.put(TENANT, "t", {"init.lua": EXPIRY})
+        await engine.dispatch(TENANT, Event("GET", {"key": "warm"}))  # the wheel has read ahead
+        now = time.time()
+        results = await engine.store.kv.apply(
+            TENANT, [KVSet("default", "outside", "v", expires_at=now + 0.2)], now=now)
+        await engine.kv_written(TENANT, [r for r in results if not isinstance(r, bool)
+                                         and r is not None])
+
+        async def fired() -> bool:
+            return await kv_value(engine, "fired:outside") == 1
+        await eventually(fired, within=5)

@@ -332,3 +332,20 @@ async def test_past_the_restart_budget_a_worker_reports_unhealthy(processes: Eng
     assert worker.health()["healthy"] is False
     # It keeps trying: the slot comes back and answers.
     assert (await engine.dispatch(ON_WORKER_1, Event("NOTHING")))[0].value == "ok"
+
+
+async def test_thread_topology_discards_a_vm_stuck_past_the_hard_limit(database: str) -> None:
+    # A thread cannot be killed: the call runs to its end, then the VM is thrown away.
+    async with Engine.open(database, topology="thread", workers=1,
+                           limits=Limits(cpu_seconds=0.3)) as engine:
+        await engine.templates.put(A, "stuck", {"init.lua": """
+            n = 0
+            return {
+              COUNT = function() n = n + 1; return n end,
+              STUCK = function() return string.rep("a", 25000):find("a-b") end,
+            }"""})
+        assert (await engine.dispatch(A, Event("COUNT")))[0].value == 1
+        assert (await engine.dispatch(A, Event("COUNT")))[0].value == 2
+        stuck = (await engine.dispatch(A, Event("STUCK")))[0]
+        assert stuck.error == "cpu time limit exceeded"
+        assert (await engine.dispatch(A, Event("COUNT")))[0].value == 1  # a fresh VM

@@ -229,6 +229,9 @@ class LuaRun:
 
     def _interpret(self, outcome: Any) -> HandlerResult:
         status = outcome["status"]
+        if status == "done" and self.cpu_used > self._vm.limits.cpu_seconds:
+            # It finished inside one C call (no hook tick came after the limit): still over.
+            return self._fail_limit("cpu", None)
         if status == "done":
             try:
                 value = self._vm._bridge.to_python(outcome["value"], "the handler's return value")
