@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from moonshard.errors import LimitExceeded, MoonshardError, Overloaded
@@ -29,7 +29,7 @@ from moonshard.limits import Limits
 from moonshard.observer import DispatchObserver
 from moonshard.routing import route_gateway
 from moonshard.store import open_store
-from moonshard.store.api import Store
+from moonshard.store.api import KVRecord, Store, TimerRef
 from moonshard.templates import Template, check_template_shape
 from moonshard.tenants import TenantId
 from moonshard.timers.service import TimerConfig
@@ -37,7 +37,7 @@ from moonshard.topology.pool import Topology, WorkerPool
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
 from moonshard.values import JsonValue
 from moonshard.worker.core import DispatchReply, TenantLog, WorkerConfig
-from moonshard.worker.messages import Dispatch, Reload, Validate
+from moonshard.worker.messages import Arm, Dispatch, Reload, Validate
 
 __all__ = ["DEFAULT_DATABASE_URL", "Engine", "GatewayOutcome", "TemplatesAPI"]
 
@@ -249,6 +249,15 @@ class Engine:
         self._subscriptions.move_to_end(tenant)
         while len(self._subscriptions) > 100_000:
             self._subscriptions.popitem(last=False)
+
+    async def kv_written(self, tenant: TenantId, records: Iterable[KVRecord]) -> None:
+        """Tells the tenant's worker about expiries written outside it (by the HTTP API), so
+        one due soon fires on time rather than when the worker next reads the store."""
+        for record in records:
+            if record.expires_at is not None:
+                await self.pool.request(tenant, Arm(TimerRef(
+                    "expiry", record.expires_at, tenant, record.scope, record.key,
+                    record.version)))
 
     async def status(self) -> list[dict[str, Any]]:
         return await self.pool.status()
