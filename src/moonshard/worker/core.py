@@ -122,6 +122,7 @@ class _TenantSlot:
     __slots__ = (
         "build_reason",
         "busy",
+        "consumer",
         "last_used",
         "mailbox",
         "rate_limiter",
@@ -138,6 +139,7 @@ class _TenantSlot:
         self.build_reason = BuildReason.WORKER_START
         self.last_used = time.monotonic()
         self.busy = False
+        self.consumer: asyncio.Task[None] | None = None
         # Outlives VM rebuilds, so breaking a limit does not reset the tenant's rate.
         self.rate_limiter = GcraLimiter()
 
@@ -259,7 +261,7 @@ class WorkerCore:
                 raise WorkerUnavailable(f"worker {self.config.index} is not running")
             slot = _TenantSlot(tenant, self.config.mailbox_size)
             self._slots[tenant] = slot
-            self._tasks.create_task(self._consume(slot))
+            slot.consumer = self._tasks.create_task(self._consume(slot))
         return slot
 
     def _enqueue(self, slot: _TenantSlot, job: _Job) -> None:
@@ -378,15 +380,23 @@ class WorkerCore:
             self.evict_idle()
 
     def evict_idle(self) -> int:
-        """Discards VMs unused for ``idle_seconds``; returns how many."""
-        cutoff = time.monotonic() - self.config.idle_seconds
+        """Discards VMs unused for ``idle_seconds``, and forgets tenants unused for twice
+        that (their mailbox and cached template set); returns how many VMs went."""
+        now = time.monotonic()
         evicted = 0
-        for slot in self._slots.values():
-            if slot.vm is not None and not slot.busy and slot.mailbox.empty() \
-                    and slot.last_used < cutoff:
+        for slot in list(self._slots.values()):
+            if slot.busy or not slot.mailbox.empty():
+                continue
+            idle = now - slot.last_used
+            if slot.vm is not None and idle > self.config.idle_seconds:
                 slot.vm = None
                 slot.build_reason = BuildReason.VM_REBUILT
                 evicted += 1
+            elif slot.vm is None and idle > 2 * self.config.idle_seconds and \
+                    slot.consumer is not None:
+                # Nothing is queued and nothing runs (one loop thread): safe to drop it.
+                slot.consumer.cancel()
+                del self._slots[slot.tenant]
         return evicted
 
     # -- timers ----------------------------------------------------------------------------
