@@ -28,7 +28,8 @@ def test_routes(payload: dict[str, object], tenant: TenantId) -> None:
 def test_dispatches_without_a_tenant_are_dropped_with_a_reason() -> None:
     route = route_gateway({"t": "READY", "d": {"v": 10}})
     assert route.tenant is None
-    assert route.dropped is not None and "READY" in route.dropped
+    assert route.dropped is not None
+    assert "READY" in route.dropped
     assert route_gateway(interaction({"0": "0"})).tenant is None
 
 

@@ -37,7 +37,7 @@ from moonshard.topology.pool import Topology, WorkerPool
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
 from moonshard.values import JsonValue
 from moonshard.worker.core import DispatchReply, TenantLog, WorkerConfig
-from moonshard.worker.messages import Arm, Dispatch, Reload, Validate
+from moonshard.worker.messages import Arm, Dispatch, Reload, Status, Validate
 
 __all__ = ["DEFAULT_DATABASE_URL", "Engine", "GatewayOutcome", "TemplatesAPI"]
 
@@ -258,6 +258,11 @@ class Engine:
                 await self.pool.request(tenant, Arm(TimerRef(
                     "expiry", record.expires_at, tenant, record.scope, record.key,
                     record.version)))
+
+    async def tenant_status(self, tenant: TenantId) -> dict[str, Any]:
+        """Whether the tenant's VM is resident on its worker, its memory, its queue."""
+        reply: dict[str, Any] = await self.pool.request(tenant, Status(tenant))
+        return reply
 
     async def status(self) -> list[dict[str, Any]]:
         return await self.pool.status()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from moonshard.cli.bench_cmd import bench
+from moonshard.cli.client_cmds import client_commands
 from moonshard.cli.exec_cmd import exec_template
-from moonshard.cli.unbuilt import unbuilt_commands
+from moonshard.cli.serve_cmd import serve
 
 __all__ = ["cli", "main"]
 
@@ -19,7 +20,8 @@ def cli() -> None:
 
 cli.add_command(exec_template)
 cli.add_command(bench)
-for command in unbuilt_commands():
+cli.add_command(serve)
+for command in client_commands():
     cli.add_command(command)
 
 

@@ -58,10 +58,15 @@ class ProcessWorker(WorkerHandle):
     async def start(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # Not "-m moonshard.topology.child": importing the package already imports that
+            # module, and runpy would warn about running it a second time on every start.
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "moonshard.topology.child",
+                sys.executable, "-c", "from moonshard.topology.child import main; main()",
                 json.dumps(self._config.to_wire()), str(child_end.fileno()),
-                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=(child_end.fileno(),), stdin=asyncio.subprocess.DEVNULL,
+                # Its own session: a Ctrl-C at the terminal reaches the parent only, which
+                # then drains and stops its workers in order.
+                start_new_session=True)
         finally:
             child_end.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=parent_end)

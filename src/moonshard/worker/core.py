@@ -206,7 +206,8 @@ class WorkerCore:
         """Handles one request; ``on_start`` is called when a dispatch begins to run."""
         await self._ready.wait()
         if isinstance(request, Status):
-            return self.status()
+            return self.status() if request.tenant is None else \
+                self.tenant_status(request.tenant)
         if isinstance(request, Stop):
             await self._stop(request.deadline)
             return {"stopped": True}
@@ -240,6 +241,18 @@ class WorkerCore:
         template = await validate_template(request.tenant, request.name, request.files,
                                            self.config.limits, run_step)
         return {"events": list(template.events)}
+
+    def tenant_status(self, tenant: TenantId) -> dict[str, Any]:
+        slot = self._slots.get(tenant)
+        vm = slot.vm if slot is not None else None
+        return {
+            "resident": vm is not None,
+            "memory_bytes": vm.memory_used if vm is not None else None,
+            "loaded_version": slot.template_set.version
+            if slot is not None and slot.template_set is not None else None,
+            "queued": slot.mailbox.qsize() if slot is not None else 0,
+            "running": slot.busy if slot is not None else False,
+        }
 
     def status(self) -> dict[str, Any]:
         resident = [slot.vm for slot in self._slots.values() if slot.vm is not None]

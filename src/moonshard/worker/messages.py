@@ -66,7 +66,9 @@ class Arm:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Status:
-    """Report the worker's state (resident VMs, queues)."""
+    """Report the worker's state (resident VMs, queues), or one tenant's with ``tenant``."""
+
+    tenant: TenantId | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def request_to_wire(request: Request) -> dict[str, Any]:
                 "scope": timer.scope, "key": timer.key, "version": timer.version}
     if isinstance(request, Stop):
         return {"t": "stop", "deadline": request.deadline}
-    return {"t": "status"}
+    return {"t": "status", "tenant": None if request.tenant is None else str(request.tenant)}
 
 
 def request_from_wire(wire: dict[str, Any]) -> Request:
@@ -121,7 +123,8 @@ def request_from_wire(wire: dict[str, Any]) -> Request:
     if kind == "stop":
         return Stop(float(wire["deadline"]))
     if kind == "status":
-        return Status()
+        tenant = wire.get("tenant")
+        return Status(None if tenant is None else TenantId.parse(tenant))
     raise ValueError(f"unknown request {kind!r}")
 
 

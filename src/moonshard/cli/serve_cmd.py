@@ -1,0 +1,69 @@
+"""``moonshard serve``: the whole system (store, worker pool, HTTP API) until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from moonshard.config import ConfigError, Settings
+from moonshard.errors import MoonshardError
+
+__all__ = ["serve"]
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+    sys.stderr.flush()
+
+
+@click.command("serve")
+@click.option("--database-url", help="sqlite:///PATH or postgresql://... "
+              "[default: sqlite:///./moonshard-data/moonshard.db]")
+@click.option("--topology", help="thread, process or ray [default: process]")
+@click.option("--workers", help="Workers in the pool [default: number of CPUs]")
+@click.option("--host", help="Where the HTTP API listens [default: 127.0.0.1]")
+@click.option("--port", help="The HTTP API's port [default: 8080]")
+@click.option("--admin-token", help="The operator's bearer token [default: generated into the "
+              "data folder]")
+@click.option("--discord-token", help="Discord bot token (the gateway is not built yet)")
+@click.option("--discord-api-url", help="Discord's REST base [default: "
+              "https://discord.com/api/v10]")
+@click.option("--memory-limit", help="Memory per tenant VM [default: 25MiB]")
+@click.option("--cpu-limit", help="CPU seconds per handler run [default: 10]")
+@click.option("--ray-address", help="The Ray cluster (not built yet)")
+@click.option("--stop-deadline", help="Seconds in-flight work gets to finish when stopping "
+              "[default: 30]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A TOML settings file [default: ./moonshard.toml when it exists]")
+def serve(config_file: Path | None, **flags: str | None) -> None:
+    """Run the whole system: store, worker pool and HTTP API. Ctrl-C stops it cleanly.
+
+    Every setting comes from its flag, else the MOONSHARD_<NAME> environment variable, else
+    moonshard.toml, else its default (see docs/OPERATIONS.md).
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.resolve({name.upper(): value for name, value in flags.items()},
+                                    os.environ, config=config_file)
+        from moonshard.server.run import serve as run  # noqa: PLC0415 - the server's imports
+
+        code = asyncio.run(run(settings, _say))
+    except Exception as error:
+        # A refusal raised inside the engine's task group arrives wrapped in a group.
+        leaf = _sole_cause(error)
+        if not isinstance(leaf, ConfigError | MoonshardError):
+            raise
+        _say(f"error: {leaf}")
+        sys.exit(1)
+    sys.exit(code)
+
+
+def _sole_cause(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -1,0 +1,397 @@
+"""The HTTP API (SERVICE.md) over one running ``Engine``: ``create_app`` builds it, no globals.
+
+Every ``/v1`` call needs ``Authorization: Bearer <token>``; the admin token reaches every
+tenant, a tenant token its own tenant only. Errors are mapped in one place
+(``moonshard.server.errors``); endpoints raise domain errors and never answer 500 for bad
+input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from moonshard.engine import Engine
+from moonshard.errors import MoonshardError, Overloaded
+from moonshard.events import Event
+from moonshard.host.kv import FIND_LIMIT, KVSession
+from moonshard.host.ratelimit import GcraLimiter
+from moonshard.server.errors import ApiError, api_error_from, error_response
+from moonshard.server.logbook import LogBook, LogLine
+from moonshard.server.metrics import CONTENT_TYPE, Metrics
+from moonshard.server.middleware import BodyLimit, RequestMetrics
+from moonshard.server.models import EventBody, GatewayBody, KVBody, TemplateBody, TokenBody
+from moonshard.store.api import TokenInfo, TokenStore
+from moonshard.tenants import TenantId
+from moonshard.values import JsonValue
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+# Longer than any token moonshard makes; a longer one is not looked up at all.
+_MAX_TOKEN_CHARS = 256
+_MAX_LOG_LINES = 1000
+_log = logging.getLogger(__name__)
+
+_STATUS_CODES = MappingProxyType({
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "invalid_request"})
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", ...}}``."""
+
+    error: ErrorDetail
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+_AUTHED = (401, 403, 422, 429)
+
+
+# -- who is calling ------------------------------------------------------------------------------
+_BEARER = HTTPBearer(auto_error=False, description="The admin token or a tenant token")
+
+
+async def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> TokenInfo:
+    if credentials is None:
+        raise ApiError(401, "unauthorized",
+                       "missing bearer token: send 'Authorization: Bearer <token>'")
+    token = credentials.credentials
+    info = None
+    if len(token) <= _MAX_TOKEN_CHARS and token.isascii() and token.isprintable():
+        tokens: TokenStore = request.app.state.tokens
+        info = await tokens.resolve(token)
+    if info is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked token")
+    return info
+
+
+Caller = Annotated[TokenInfo, Depends(_caller)]
+
+
+def _admin(info: Caller) -> TokenInfo:
+    if not info.is_admin:
+        raise ApiError(403, "forbidden", "this call needs the admin token")
+    return info
+
+
+Admin = Annotated[TokenInfo, Depends(_admin)]
+
+
+def _reached_tenant(
+    info: Caller,
+    tenant: Annotated[str, Path(description="guild:<id> or user:<id>", max_length=200)],
+) -> TenantId:
+    try:
+        parsed = TenantId.parse(tenant)
+    except ValueError as error:
+        raise ApiError(422, "invalid_tenant", str(error)) from None
+    if not info.reaches(parsed):
+        raise ApiError(403, "forbidden", f"this token does not reach {parsed}")
+    return parsed
+
+
+Tenant = Annotated[TenantId, Depends(_reached_tenant)]
+
+
+def create_app(
+    engine: Engine, *, logbook: LogBook, metrics: Metrics, tokens: TokenStore | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES, kv_limiter: GcraLimiter | None = None,
+) -> FastAPI:
+    """The ASGI app of one engine. ``tokens`` defaults to the engine's store's tokens;
+    ``kv_limiter`` rate-limits the API's kv calls per tenant (default: ``ctx.kv``'s rates)."""
+    token_store = tokens if tokens is not None else engine.store.tokens
+    limiter = kv_limiter if kv_limiter is not None else GcraLimiter()
+    app = FastAPI(
+        title="moonshard", version="1",
+        description="A multi-tenant template worker: tenants' Lua templates on their events.")
+    # The only per-app state the module-level dependencies read (FastAPI resolves a route's
+    # annotations in the module's namespace, so its dependencies live there).
+    app.state.tokens = token_store
+
+    # -- errors ----------------------------------------------------------------------------
+    async def on_api_error(request: Request, error: Exception) -> Response:
+        mapped = api_error_from(error)
+        if mapped is None:
+            _log.exception("unexpected error on %s %s", request.method, request.url.path,
+                           exc_info=error)
+            return error_response(500, "internal", "internal error; see the server's log")
+        return mapped.response()
+
+    async def on_validation_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        problems = list(error.errors())
+        if any(problem.get("type") == "json_invalid" for problem in problems):
+            return error_response(400, "malformed_json", "the request body is not valid JSON")
+        details = [{"where": ".".join(str(part) for part in problem.get("loc", ())),
+                    "message": str(problem.get("msg", "")).removeprefix("Value error, ")}
+                   for problem in problems[:10]]
+        # A body-wide check already names where in the body it failed.
+        summary = "; ".join(item["message"] if item["where"] == "body" else
+                            f"{item['where']}: {item['message']}" for item in details[:3])
+        return ApiError(422, "invalid_request", summary or "invalid request",
+                        fields={"details": details}).response()
+
+    async def on_http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, StarletteHTTPException)
+        code = _STATUS_CODES.get(error.status_code, "error")
+        message = str(error.detail) if error.detail else code.replace("_", " ")
+        response = error_response(error.status_code, code, message)
+        if error.headers:
+            response.headers.update(error.headers)
+        return response
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(MoonshardError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_api_error)
+
+    # -- health and metrics ----------------------------------------------------------------
+    @app.get("/healthz", tags=["service"], responses=_errors(503))
+    async def healthz() -> Response:
+        """``ok`` (200) while every worker is up within its restart budget, else
+        ``degraded`` (503), so a load balancer stops sending work."""
+        workers = await engine.status()
+        healthy = all(worker.get("up") and worker.get("healthy") for worker in workers)
+        return JSONResponse({"status": "ok" if healthy else "degraded", "workers": workers},
+                            status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        metrics.update_workers(await engine.status(), background=engine.background_dispatches,
+                               followers=logbook.follower_count)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # -- tenants and templates -------------------------------------------------------------
+    @app.get("/v1/tenants/{tenant}", tags=["tenants"], responses=_errors(*_AUTHED))
+    async def tenant_status(tenant: Tenant) -> dict[str, Any]:
+        """The tenant's template set, subscriptions, worker, recent errors and counters."""
+        template_set = await engine.store.templates.load_set(tenant)
+        health = engine.pool.worker_for(tenant).health()
+        try:
+            vm: dict[str, Any] = await engine.tenant_status(tenant)
+        except MoonshardError:
+            vm = {"resident": None, "memory_bytes": None}  # its worker is down just now
+        return {
+            "tenant": str(tenant),
+            "template_set_version": template_set.version,
+            "templates": [template.name for template in template_set.templates],
+            "subscriptions": sorted(template_set.subscriptions),
+            "vm": {**vm, "worker": health["index"]},
+            "worker": health,
+            "quarantined_until": engine.pool.quarantine.quarantined().get(str(tenant)),
+            "recent_errors": [line.to_json() for line in logbook.recent_errors(tenant)],
+            "counters": metrics.tenant_counters(tenant).to_json(),
+        }
+
+    @app.get("/v1/tenants/{tenant}/templates", tags=["templates"], responses=_errors(*_AUTHED))
+    async def list_templates(tenant: Tenant) -> list[dict[str, object]]:
+        return [template.to_json() for template in await engine.templates.list(tenant)]
+
+    @app.get("/v1/tenants/{tenant}/templates/{name}", tags=["templates"],
+             responses=_errors(*_AUTHED, 404))
+    async def get_template(tenant: Tenant, name: str) -> dict[str, object]:
+        template = await engine.templates.get(tenant, name)
+        if template is None:
+            raise ApiError(404, "not_found", f"{tenant} has no template {name!r}")
+        return template.to_json(with_files=True)
+
+    @app.put("/v1/tenants/{tenant}/templates/{name}", tags=["templates"],
+             responses=_errors(*_AUTHED, 400, 409, 413, 503))
+    async def put_template(tenant: Tenant, name: str, body: TemplateBody) -> dict[str, object]:
+        """Compiles, stores and swaps in the template; answers once every later event of the
+        tenant sees it. 422 ``compile_error`` with ``file`` and ``line`` when refused."""
+        saved = await engine.templates.put(tenant, name, body.files, paused=body.paused)
+        return {"name": saved.name, "version": saved.version, "events": list(saved.events)}
+
+    @app.delete("/v1/tenants/{tenant}/templates/{name}", tags=["templates"], status_code=204,
+                response_class=Response, responses=_errors(*_AUTHED, 404, 503))
+    async def delete_template(tenant: Tenant, name: str) -> Response:
+        if not await engine.templates.delete(tenant, name):
+            raise ApiError(404, "not_found", f"{tenant} has no template {name!r}")
+        return Response(status_code=204)
+
+    # -- events ----------------------------------------------------------------------------
+    @app.post("/v1/tenants/{tenant}/events", tags=["events"],
+              responses={**_errors(*_AUTHED, 400, 413, 503),
+                         202: {"description": "Queued (wait=false): {event_id}"}})
+    async def post_event(
+        tenant: Tenant, body: EventBody,
+        wait: Annotated[bool, Query(description="Wait for the handlers' results")] = True,
+    ) -> Response:
+        """Runs the event through the tenant's subscribing templates.
+
+        ``wait=true``: 200 ``{event_id, results}``; a worker that died while running it is
+        503 ``worker_crashed`` (the event is not re-run). ``wait=false``: 202 ``{event_id}``.
+        """
+        try:
+            event = Event(body.name, body.data, author=body.author)
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        if not wait:
+            return JSONResponse({"event_id": engine.dispatch_nowait(tenant, event)},
+                                status_code=202)
+        results = await engine.dispatch(tenant, event)
+        return JSONResponse({"event_id": event.id,
+                             "results": [result.to_json() for result in results]})
+
+    @app.post("/v1/gateway", tags=["events"],
+              responses={**_errors(*_AUTHED, 400, 413),
+                         202: {"description": "Routed and queued: {tenant, event_id}"}})
+    async def post_gateway(body: GatewayBody, _: Admin) -> Response:
+        """Routes a raw Discord gateway dispatch to its tenant (admin token only).
+
+        202 ``{tenant, event_id}``, or 200 ``{dropped: reason}`` when it has no tenant or no
+        template of its tenant subscribes to it.
+        """
+        try:
+            outcome = await engine.ingest_gateway(body.model_dump())
+        except ValueError as error:  # a payload the routing rules cannot read
+            raise ApiError(422, "invalid_request", str(error)) from None
+        if outcome.dropped is not None:
+            metrics.event_dropped("no_tenant" if outcome.tenant is None else "no_subscriber",
+                                  outcome.tenant)
+            return JSONResponse({"dropped": outcome.dropped,
+                                 "tenant": str(outcome.tenant) if outcome.tenant else None})
+        return JSONResponse({"tenant": str(outcome.tenant), "event_id": outcome.event_id},
+                            status_code=202)
+
+    # -- kv --------------------------------------------------------------------------------
+    def kv_session(tenant: TenantId) -> KVSession:
+        # The same checks and rate limits as ctx.kv, and one committed transaction per call.
+        return KVSession(engine.store.kv, tenant, engine.limits, limiter)
+
+    @app.get("/v1/tenants/{tenant}/kv", tags=["kv"], responses=_errors(*_AUTHED))
+    async def list_kv(
+        tenant: Tenant, scope: str = "default", prefix: str = "",
+        limit: Annotated[int, Query(ge=1, le=FIND_LIMIT)] = FIND_LIMIT,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        """Live records whose key starts with ``prefix``, by key; ``next`` is the ``after``
+        of the next page, or null on the last page."""
+        if "\x00" in prefix or "\x00" in (after or ""):
+            # No key holds NUL (PostgreSQL cannot store it): refused like a key with NUL.
+            raise ApiError(422, "invalid_request", "prefix and after must not contain NUL")
+        session = kv_session(tenant)
+        options: dict[str, JsonValue] = {"scope": scope, "limit": limit, "after": after}
+        items = await session.find(prefix, options)
+        await session.rollback()
+        assert isinstance(items, list)
+        last = items[-1] if len(items) == limit else None
+        return {"items": items, "next": last["key"] if isinstance(last, dict) else None}
+
+    @app.get("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"],
+             responses=_errors(*_AUTHED, 404))
+    async def get_kv(tenant: Tenant, scope: str, key: str) -> Any:
+        session = kv_session(tenant)
+        record = await session.record(key, {"scope": scope})
+        await session.rollback()
+        if record is None:
+            raise ApiError(404, "not_found", f"{tenant} has no key {key!r} in scope {scope!r}")
+        return record
+
+    @app.put("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"],
+             responses=_errors(*_AUTHED, 400, 409, 413))
+    async def put_kv(tenant: Tenant, scope: str, key: str, body: KVBody) -> Any:
+        """Sets the key (like ``ctx.kv.set``) and answers the committed record."""
+        options: dict[str, JsonValue] = {"scope": scope}
+        for option in ("ttl", "expires_at"):
+            if getattr(body, option) is not None:
+                options[option] = getattr(body, option)
+        if body.resume:
+            options["resume"] = True
+        session = kv_session(tenant)
+        predicted = await session.set(key, body.value, options)
+        await session.commit()
+        stored = await engine.store.kv.get(tenant, scope, key, now=time.time())
+        if stored is None:  # already expired (an expires_at in the past)
+            return predicted
+        # Arms the expiry in the tenant's worker, so it fires on time.
+        await engine.kv_written(tenant, [stored])
+        return stored.to_json()
+
+    @app.delete("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"], status_code=204,
+                response_class=Response, responses=_errors(*_AUTHED, 404))
+    async def delete_kv(tenant: Tenant, scope: str, key: str) -> Response:
+        session = kv_session(tenant)
+        existed = await session.delete(key, {"scope": scope})
+        await session.commit()
+        if not existed:
+            raise ApiError(404, "not_found", f"{tenant} has no key {key!r} in scope {scope!r}")
+        return Response(status_code=204)
+
+    # -- logs ------------------------------------------------------------------------------
+    @app.get("/v1/tenants/{tenant}/logs", tags=["logs"], response_class=StreamingResponse,
+             responses={**_errors(*_AUTHED),
+                        200: {"content": {"application/x-ndjson": {}},
+                              "description": "JSON lines {ts, level, template, message}"}})
+    async def get_logs(
+        tenant: Tenant,
+        follow: Annotated[bool, Query(description="Keep the stream open for new lines")] = False,
+        limit: Annotated[int, Query(ge=0, le=_MAX_LOG_LINES,
+                                    description="How many recent lines first")] = 100,
+    ) -> Response:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        if not follow:
+            return Response("".join(_ndjson(line) for line in logbook.recent(tenant, limit)),
+                            media_type="application/x-ndjson", headers=headers)
+        if logbook.follower_count >= logbook.max_followers:
+            # Each follower holds a queue: their number is bounded like everything else.
+            raise Overloaded(f"{logbook.follower_count} log streams are open already",
+                             retry_after=5.0)
+        return StreamingResponse(_follow(logbook, tenant, limit),
+                                 media_type="application/x-ndjson", headers=headers)
+
+    # -- tokens ----------------------------------------------------------------------------
+    @app.post("/v1/tokens", tags=["tokens"], status_code=201,
+              responses=_errors(*_AUTHED, 400))
+    async def create_token(body: TokenBody, _: Admin) -> dict[str, str]:
+        """A new token that reaches that tenant only (admin token only); shown once."""
+        try:
+            tenant = TenantId.parse(body.tenant)
+        except ValueError as error:
+            raise ApiError(422, "invalid_tenant", str(error)) from None
+        return {"token": await token_store.create(tenant), "tenant": str(tenant)}
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+def _ndjson(line: LogLine) -> str:
+    # ASCII escapes keep the line valid UTF-8 whatever bytes a template printed.
+    return json.dumps(line.to_json()) + "\n"
+
+
+async def _follow(logbook: LogBook, tenant: TenantId, backlog: int) -> AsyncIterator[str]:
+    # Subscribe before reading the backlog (no await between): no line is missed or doubled.
+    with logbook.follow(tenant) as follower:
+        for line in logbook.recent(tenant, backlog):
+            yield _ndjson(line)
+        async for line in follower:
+            yield _ndjson(line)

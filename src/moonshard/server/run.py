@@ -1,0 +1,238 @@
+"""``moonshard serve``: the engine and the HTTP API in one event loop, and an orderly stop.
+
+On SIGTERM or Ctrl-C: stop accepting connections and end log follow streams, let in-flight
+requests and accepted dispatches finish within ``STOP_DEADLINE``, then leave the engine's
+block, which drains the workers' queues and stops them. A second signal stops at once
+(writes are transactional, so nothing is half-written; unfinished events are lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import socket
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from moonshard.config import ConfigError, Settings
+from moonshard.engine import Engine
+from moonshard.server.app import create_app
+from moonshard.server.logbook import LogBook
+from moonshard.server.metrics import Metrics
+from moonshard.topology.pool import Topology
+
+if TYPE_CHECKING:
+    from moonshard.store.api import TokenStore
+
+__all__ = ["check_buildable", "ensure_admin_token", "listen", "serve"]
+
+# The exit status of a stop forced by a second signal.
+EXIT_FORCED = 130
+
+
+def check_buildable(settings: Settings) -> list[str]:
+    """Refuses what is not built yet; returns warnings for what is skipped."""
+    if settings.topology == "ray" or settings.ray_address is not None:
+        source = settings.source_of("TOPOLOGY" if settings.topology == "ray" else "RAY_ADDRESS")
+        raise ConfigError(f"{source}: the Ray topology is not built yet; use TOPOLOGY=process "
+                          "or TOPOLOGY=thread")
+    warnings = []
+    if settings.discord_token is not None:
+        warnings.append(f"{settings.source_of('DISCORD_TOKEN')} is set, but the Discord "
+                        "gateway is not built yet: moonshard serves the HTTP API only "
+                        "(POST /v1/gateway accepts raw dispatches)")
+    return warnings
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Binds the API's listening socket before anything starts, so a taken port fails fast."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or str(error)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
+
+
+async def ensure_admin_token(tokens: TokenStore, settings: Settings) -> str:
+    """Makes sure the admin token works; returns where it is (a file path or a setting).
+
+    Without ADMIN_TOKEN, the token is read from the data folder's ``admin-token`` file, or
+    created there (mode 0600) at first start.
+    """
+    if settings.admin_token is not None:
+        try:
+            await tokens.ensure_admin(settings.admin_token)
+        except ValueError as error:
+            raise ConfigError(f"{settings.source_of('ADMIN_TOKEN')}: {error}") from None
+        return settings.source_of("ADMIN_TOKEN")
+    path = settings.admin_token_path
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    except OSError as error:
+        raise ConfigError(f"cannot read the admin token file {path}: {error.strerror}") from None
+    if existing:
+        try:
+            await tokens.ensure_admin(existing)
+        except ValueError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        return str(path)
+    token = await tokens.create(None)
+    try:
+        _write_private(path, token + "\n")
+    except OSError as error:
+        await tokens.revoke(token)
+        raise ConfigError(f"cannot write the admin token file {path}: {error.strerror}") from None
+    return str(path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``text`` readable by this user only, replacing ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(scratch, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: ``serve`` owns the signals (uvicorn
+    would re-raise a caught SIGTERM after its shutdown, killing the process before the
+    engine drains)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class _Stopper:
+    """What the signals do: the first asks for an orderly stop, the second ends at once."""
+
+    def __init__(self, say: Callable[[str], None], deadline: float) -> None:
+        self._say = say
+        self._deadline = deadline
+        self.server: _Server | None = None
+        self.logbook: LogBook | None = None
+        self.requested = asyncio.Event()
+        # When the first signal came (loop time): in-flight work's deadline counts from it.
+        self.requested_at: float | None = None
+
+    def __call__(self, name: str) -> None:
+        if self.requested.is_set():
+            self._say(f"{name} again: stopping at once; events still running are not finished")
+            os._exit(EXIT_FORCED)
+        self.requested.set()
+        self.requested_at = asyncio.get_running_loop().time()
+        self._say(f"{name}: stopping; in-flight work has {self._deadline:g} s to finish "
+                  "(send it again to stop at once)")
+        if self.logbook is not None:
+            self.logbook.close()
+        if self.server is not None:
+            self.server.should_exit = True
+
+    @contextlib.contextmanager
+    def installed(self) -> Generator[None, None, None]:
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for number in signals:
+            loop.add_signal_handler(number, self, signal.Signals(number).name)
+        try:
+            yield
+        finally:
+            for number in signals:
+                loop.remove_signal_handler(number)
+
+
+async def serve(settings: Settings, say: Callable[[str], None]) -> int:
+    """Runs the service until a signal stops it; returns the exit status."""
+    for warning in check_buildable(settings):
+        say(f"warning: {warning}")
+    sock = listen(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    # check_buildable refused ray: what is left is a topology the pool runs.
+    topology: Topology = "thread" if settings.topology == "thread" else "process"
+    stopper = _Stopper(say, settings.stop_deadline)
+    with sock, stopper.installed():
+        logbook = LogBook()
+        metrics = Metrics()
+        stopper.logbook = logbook
+        try:
+            async with Engine.open(
+                settings.database_url, topology=topology,
+                workers=settings.workers, limits=settings.limits, log=logbook, observer=metrics,
+                stop_deadline=settings.stop_deadline,
+            ) as engine:
+                where = await ensure_admin_token(engine.store.tokens, settings)
+                app = create_app(engine, logbook=logbook, metrics=metrics)
+                server = _Server(uvicorn.Config(
+                    app, log_level="warning", access_log=False, lifespan="off",
+                    server_header=False,
+                    timeout_graceful_shutdown=max(1, math.ceil(settings.stop_deadline))))
+                stopper.server = server
+                shown = f"[{host}]" if ":" in host else host
+                plural = "s" if settings.workers != 1 else ""
+                say(f"moonshard: {settings.workers} {settings.topology} worker{plural}, "
+                    f"database {_safe_url(settings.database_url)}")
+                say(f"admin token: {where}")
+                say(f"listening on http://{shown}:{port} (Ctrl-C to stop)")
+                if not stopper.requested.is_set():
+                    await server.serve(sockets=[sock])
+                sock.close()  # uvicorn closes it too; before serving, nobody else would
+                await _finish_background(engine, stopper.requested_at, settings.stop_deadline,
+                                         say)
+        except* _Abandoned:
+            pass  # reported already; the engine has stopped its workers
+    say("stopped")
+    return 0
+
+
+async def _finish_background(engine: Engine, since: float | None, deadline: float,
+                             say: Callable[[str], None]) -> None:
+    """Waits for dispatches accepted without waiting (202s) until ``deadline`` seconds after
+    ``since`` (the stop signal); the engine's exit would wait for them without a deadline."""
+    loop = asyncio.get_running_loop()
+    until = (since if since is not None else loop.time()) + deadline
+    # The engine exposes a count, not an event to wait on; polling it is cheap.
+    while engine.background_dispatches and loop.time() < until:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    left = engine.background_dispatches
+    if left:
+        say(f"warning: {left} accepted dispatches did not finish within {deadline:g} s; "
+            "they are cancelled")
+        raise _Abandoned
+
+
+class _Abandoned(Exception):
+    """Leaves the engine's block so that its task group cancels what is left."""
+
+
+def _safe_url(url: str) -> str:
+    # A PostgreSQL URL may hold a password: show only its scheme and host part.
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("sqlite"):
+        return url
+    return f"{scheme}://{rest.rpartition('@')[2]}"
