@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from moonshard.errors import WorkerUnavailable
 from moonshard.timers.wheel import TimerRef, TimerSource, TimerWheel
 
 __all__ = ["TimerConfig", "TimerService", "TimerStats"]
@@ -122,6 +123,8 @@ class TimerService:
             if ref.attempt == 1:
                 self.stats.record(time.time() - ref.due)
             await self._fire(ref)
+        except WorkerUnavailable:
+            pass  # the worker is stopping: the stored timer fires after the restart
         except Exception:
             _log.exception("firing %s failed", ref)
             self.retry(dataclasses.replace(ref, due=time.time() + 1.0))
@@ -131,9 +134,14 @@ class TimerService:
     async def _sleep_until_next(self) -> None:
         now = time.time()
         dues = [due for wheel in self._wheels.values() if (due := wheel.next_due()) is not None]
-        horizons = [wheel.horizon - wheel.window_seconds / 2 for wheel in self._wheels.values()]
-        wake_at = min([*dues, *horizons, now + self.config.idle_poll_seconds])
+        # A wheel wants reading when its horizon nears, but only once it has room: a full
+        # wheel waits for its timers to fire (else this loop would spin).
+        refills = [wheel.horizon - wheel.window_seconds / 2 for wheel in self._wheels.values()
+                   if len(wheel) < wheel.page_size // 2]
+        wake_at = min([*dues, *refills, now + self.config.idle_poll_seconds])
         self._wake.clear()
-        if wake_at > now:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wake_at - now)
+        if wake_at <= now:
+            await asyncio.sleep(0)  # never starve the worker's loop, even when behind
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wake_at - now)

@@ -22,7 +22,8 @@ async def read_frame(reader: asyncio.StreamReader) -> Any | None:
         if size > MAX_FRAME:
             raise ValueError(f"frame of {size} bytes is larger than {MAX_FRAME}")
         return msgpack.unpackb(await reader.readexactly(size), raw=False)
-    except (asyncio.IncompleteReadError, ConnectionResetError):
+    except (asyncio.IncompleteReadError, ConnectionError):
+        # A killed peer shows as a short read, a reset or a broken pipe: all mean it is gone.
         return None
 
 

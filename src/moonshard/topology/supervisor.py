@@ -121,7 +121,10 @@ class SupervisedWorker(Worker):
     async def _supervise(self, handle: WorkerHandle) -> None:
         """Owned by this slot until ``stop``: replaces each incarnation that ends."""
         while True:
-            outcome = await handle.wait_exit()
+            try:
+                outcome = await handle.wait_exit()
+            except Exception as error:
+                outcome = f"ended with {type(error).__name__}: {error}"
             self._up.clear()
             self._current = None
             self.last_exit = outcome
