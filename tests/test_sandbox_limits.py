@@ -147,3 +147,16 @@ async def test_ordinary_patterns_on_long_subjects_still_work(harness: Harness) -
         return {words, k, v, plain, (long:gsub("word", "w")):sub(1, 4), ("a,b;c"):find("[,;]")}
     """)
     assert value == [20000, "key", "value", True, "w w ", 2, 2]
+
+
+async def test_log_lines_per_run_are_bounded() -> None:
+    harness = Harness(limits=Limits(log_lines_per_run=5))
+    await harness.value("for i = 1, 20 do print('line', i) end")
+    messages = [line[2] for line in harness.logs]
+    assert messages[:5] == [f"line\t{i}" for i in range(1, 6)]
+    assert len(messages) == 6
+    assert "log limit of 5 lines per handler run reached" in messages[5]
+    # The next run may log again.
+    harness.logs.clear()
+    await harness.run("RUN")
+    assert len(harness.logs) == 6

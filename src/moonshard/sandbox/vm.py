@@ -85,6 +85,7 @@ class TenantVM:
             "hook_count": _HOOK_COUNT,
             "pattern_steps": limits.pattern_steps,
             "log_line_bytes": limits.log_line_bytes,
+            "log_lines_per_run": limits.log_lines_per_run,
         })
         self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
         self._bridge = ValueBridge(self._runtime, self._kernel)

@@ -10,7 +10,7 @@
 --   bridge.json_decode(s)          -> value
 --   bridge.log(level, template, message)
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
---   config.log_line_bytes
+--   config.log_line_bytes, config.log_lines_per_run
 
 local bridge, config = ...
 
@@ -35,6 +35,7 @@ local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
 local PATTERN_STEPS = config.pattern_steps
 local LOG_LINE_BYTES = config.log_line_bytes
+local LOG_LINES_PER_RUN = config.log_lines_per_run
 local MEMORY_ERROR = "not enough memory"
 local LIMIT_MESSAGES = {
   cpu = "cpu time limit exceeded",
@@ -477,6 +478,22 @@ frozen[BASE] = true
 
 local BUILTIN_LIBRARIES = {json = JSON}
 
+-- At most LOG_LINES_PER_RUN lines per handler run reach the log; one more line says so.
+local function log_line(level, template, text)
+  local run = current
+  if run then
+    run.lines = (run.lines or 0) + 1
+    if run.lines > LOG_LINES_PER_RUN then
+      if run.lines == LOG_LINES_PER_RUN + 1 then
+        py_log("warn", template, "log limit of " .. LOG_LINES_PER_RUN
+          .. " lines per handler run reached; later lines of this run are dropped")
+      end
+      return
+    end
+  end
+  py_log(level, template, text)
+end
+
 local function join_args(...)
   local n = real_select("#", ...)
   local parts = {}
@@ -493,7 +510,7 @@ local function new_env(template_name, files)
   local LOADING = {}
 
   env._G = env
-  env.print = function(...) py_log("info", template_name, to_text(join_args(...))) end
+  env.print = function(...) log_line("info", template_name, to_text(join_args(...))) end
   env.load = function(chunk, chunkname, mode, chunk_env)
     if real_type(chunk) ~= "string" then
       return nil, "load: only text chunks (strings) can be loaded in templates"
@@ -677,7 +694,7 @@ function kernel.start_handler(name, version, event_name, event_id, at, author, d
       if not LOG_LEVELS[level] then
         real_error("ctx.log: level must be one of debug, info, warn, error", 2)
       end
-      py_log(level, name, to_text(join_args(...)))
+      log_line(level, name, to_text(join_args(...)))
     end,
   }
   local event = {
