@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from pathlib import Path
 from types import MappingProxyType
 
 from lupa import lua54
@@ -119,7 +118,3 @@ def run_sandbox_bench(quick: bool = False) -> list[Figure]:
     finally:
         loop.close()
     return figures
-
-
-def default_output() -> Path:
-    return Path("moonshard-bench.json")

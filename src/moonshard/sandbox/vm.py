@@ -59,7 +59,6 @@ class TenantVM:
         "_runtime",
         "broken",
         "limits",
-        "templates",
         "tenant",
     )
 
@@ -67,7 +66,6 @@ class TenantVM:
         self.tenant = tenant
         self.limits = limits
         self.broken: str | None = None
-        self.templates: dict[str, tuple[str, ...]] = {}
         self._log = log
         self._runtime = lua54.LuaRuntime(
             register_eval=False, register_builtins=False, unpack_returned_tuples=True,
@@ -132,13 +130,10 @@ class TenantVM:
         if not result.ok:
             file, line, message = _locate(result.error or "init.lua failed")
             raise TemplateError(message, template=name, file=file or "init.lua", line=line)
-        events = tuple(str(name) for name in (result.value or []))  # type: ignore[union-attr]
-        self.templates[name] = events
-        return events
+        return tuple(str(name) for name in (result.value or []))  # type: ignore[union-attr]
 
     def drop(self, name: str) -> None:
         self._kernel.drop_template(name)
-        self.templates.pop(name, None)
 
     # -- handler runs ---------------------------------------------------------------------
     def start_handler(self, template: str, version: int, event: Event) -> LuaRun | None:

@@ -674,11 +674,6 @@ function kernel.drop_template(name)
   templates[name] = nil
 end
 
-function kernel.has_handler(name, event_name)
-  local t = templates[name]
-  return t ~= nil and real_type(rawget(t.handlers, event_name)) == "function"
-end
-
 -- Builds ctx and event afresh for every run, so no run can change what another sees.
 function kernel.start_handler(name, version, event_name, event_id, at, author, data)
   local t = templates[name]
