@@ -37,7 +37,8 @@ async def test_cpu_hogs_stop_with_the_cpu_limit(harness: Harness, body: str) -> 
     await harness.load(f"return {{RUN = function(ctx, event)\n{body}\nend}}")
     result = await harness.run("RUN")
     assert not result.ok
-    assert result.error == "cpu time limit exceeded"
+    assert result.error is not None
+    assert result.error.endswith("cpu time limit exceeded")
     assert result.limit == "cpu"
     # The VM stays usable: a CPU break does not corrupt it.
     await harness.load("return {OK = function() return 'fine' end}", name="ok")
@@ -56,7 +57,7 @@ async def test_cpu_limit_counts_across_host_calls(harness: Harness) -> None:
     error = await harness.error(
         "while true do ctx.kv.get('x'); for i = 1, 1000 do end end",
         capabilities={"kv": host})
-    assert error == "cpu time limit exceeded"
+    assert error.endswith(": cpu time limit exceeded")
     assert len(host.calls) > 10
 
 
@@ -77,7 +78,8 @@ async def test_memory_hogs_stop_with_the_memory_limit(body: str) -> None:
     await harness.load(f"return {{RUN = function(ctx, event)\n{body}\nend}}")
     result = await harness.run("RUN")
     assert not result.ok
-    assert result.error == "memory limit exceeded"
+    assert result.error is not None
+    assert result.error.endswith("memory limit exceeded")
     assert harness.vm is not None
     assert harness.vm.broken == "memory"
     # A fresh VM for the same tenant works again.

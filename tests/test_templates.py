@@ -49,7 +49,7 @@ BROKEN = {
                                "handler for 'X' is a number, not a function"),
     "non-string key": ({"init.lua": "return {function() end}"}, "init.lua", None,
                        "keys must be event names"),
-    "loops at load": ({"init.lua": "while true do end"}, "init.lua", None,
+    "loops at load": ({"init.lua": "while true do end"}, "init.lua", 1,
                       "cpu time limit exceeded"),
     "missing init.lua": ({"other.lua": "return {}"}, "init.lua", None, "needs an init.lua"),
     "bad file name": ({"init.lua": "return {}", "../x.lua": ""}, "../x.lua", None,

@@ -137,6 +137,8 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("RAY_ADDRESS", _optional_text),
     # Not in SERVICE.md's table: how long a stop waits for in-flight work.
     _Spec("STOP_DEADLINE", _seconds),
+    # Not in SERVICE.md's table: the pattern guard's bound on estimated matching steps.
+    _Spec("PATTERN_STEPS", _whole(1000, 10**15)),
 )
 
 
@@ -219,6 +221,7 @@ class Settings:
     cpu_limit: float = 10.0
     ray_address: str | None = None
     stop_deadline: float = 30.0
+    pattern_steps: int = 1_000_000_000
     # Which source gave each setting that did not come from its default (for the start-up
     # summary and error messages).
     sources: Mapping[str, str] = dataclasses.field(
@@ -249,7 +252,8 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(memory_bytes=self.memory_limit, cpu_seconds=self.cpu_limit)
+        return Limits(memory_bytes=self.memory_limit, cpu_seconds=self.cpu_limit,
+                      pattern_steps=self.pattern_steps)
 
     @property
     def data_folder(self) -> Path:

@@ -38,6 +38,8 @@ class Limits:
     templates_per_tenant: int = 50
     key_bytes: int = 512
     value_bytes: int = 256 * 1024
+    # A handler's return value, encoded as JSON, is at most this long.
+    result_bytes: int = 1024 * 1024
     keys_per_tenant: int = 100_000
     emits_per_dispatch: int = 10
     scheduled_per_tenant: int = 10_000

@@ -113,7 +113,9 @@ def test_a_worker_killed_mid_event_is_503_then_the_tenant_is_429(tmp_path: Path)
     """A call stuck in C kills its worker process: the running event answers 503
     worker_crashed; a tenant that does it twice is quarantined, 429 with Retry-After."""
     with serving(tmp_path, topology="process", workers=1,
-                 env={"MOONSHARD_CPU_LIMIT": "0.5"}) as served:
+                 # A raised pattern guard lets a call get stuck in C (the last resort's case).
+                 env={"MOONSHARD_CPU_LIMIT": "0.5",
+                      "MOONSHARD_PATTERN_STEPS": "10000000000000"}) as served:
         tenant, bystander = new_guild(), new_guild()
         with served.client() as admin:
             for owner in (tenant, bystander):

@@ -6,11 +6,14 @@
 --
 -- Arguments from Python (each hidden in a closure, never handed to a template):
 --   bridge.clock()                 CPU seconds of the calling OS thread
---   bridge.json_encode(v)          -> string   (raises on values JSON cannot hold)
---   bridge.json_decode(s)          -> value
+--   bridge.json_decode(s)          -> answer
 --   bridge.log(level, template, message)
+-- Every bridge function except the clock answers (true, {value}), (false, {message}) or
+-- (nil, limit kind) and never raises; call_python turns anything else into a plain message.
+-- Values come boxed in a table the host built with the memory limit lifted: handing over a
+-- table allocates nothing, so running out of memory can never happen inside lupa's C code.
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
---   config.log_line_bytes, config.log_lines_per_run
+--   config.log_line_bytes, config.log_lines_per_run, config.load_bytes
 
 local bridge, config = ...
 
@@ -18,18 +21,23 @@ local real_load = load
 local real_pcall, real_xpcall, real_error = pcall, xpcall, error
 local real_setmetatable, real_getmetatable, real_rawset = setmetatable, getmetatable, rawset
 local real_type, real_tostring, real_select = type, tostring, select
+local real_rawequal, real_rawget, real_rawlen, real_next = rawequal, rawget, rawlen, next
+local math_type, math_huge, maxinteger = math.type, math.huge, math.maxinteger
 local real_create, real_resume, real_yield = coroutine.create, coroutine.resume, coroutine.yield
 local real_status, real_close = coroutine.status, coroutine.close
 local real_running, real_isyieldable = coroutine.running, coroutine.isyieldable
-local sethook, traceback = debug.sethook, debug.traceback
+local sethook = debug.sethook
 local debug_getmetatable = debug.getmetatable
 local real_find, real_match, real_gmatch, real_gsub = string.find, string.match, string.gmatch, string.gsub
 local real_sub, real_byte, real_char, real_format = string.sub, string.byte, string.char, string.format
 local real_concat, real_unpack, real_pack = table.concat, table.unpack, table.pack
+local real_insert, real_remove, real_move = table.insert, table.remove, table.move
+local real_rep = string.rep
 local utf8_len = utf8.len
-local huge = math.huge
+local huge = math_huge
+local getinfo = debug.getinfo
 local clock = bridge.clock
-local py_json_encode, py_json_decode, py_log = bridge.json_encode, bridge.json_decode, bridge.log
+local py_json_decode, py_log = bridge.json_decode, bridge.log
 
 local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
@@ -42,16 +50,87 @@ local LIMIT_MESSAGES = {
   memory = "memory limit exceeded",
 }
 
--- A host request travels up through any user coroutines tagged with this private value.
+-- A host request travels up through any user coroutines tagged with this private table.
+-- It is compared with rawequal only: no template value, metamethod or not, can pass for it.
 local HOST = {}
+
+-- Python functions are lupa userdata sharing one metatable. None is ever handed to a
+-- template; if one ever were, this keeps its metatable out of reach (defence in depth).
+do
+  local python_meta = debug_getmetatable(clock)
+  if python_meta then python_meta.__metatable = "locked" end
+end
+
+-- Estimated cost of one unit of work that C code does where no hook fires.
+local SECONDS_PER_BYTE = 2e-9
+local SECONDS_PER_ELEMENT = 1e-8
+-- Work below this many seconds is not worth reading the clock for.
+local CHARGE_THRESHOLD = 1e-4
+-- load() compiles at most this much text at once (the size of a template's source).
+local LOAD_BYTES = config.load_bytes
+local JSON_ENCODE_BYTES = config.json_encode_bytes
+local JSON_MAX_DEPTH = config.json_max_depth
 
 ---------------------------------------------------------------------------------------------
 -- The current handler run: one at a time per VM (a tenant's events run one after another).
 
-local current = nil      -- {deadline = number, tripped = nil | "cpu" | "memory"}
+local current = nil      -- {deadline = number, tripped = nil | "cpu" | "memory", ...}
 
+-- A frame of the template's own code (its files, or text it load()ed); not the kernel, not C.
+local function is_template_frame(info)
+  local first = real_sub(info.source, 1, 1)
+  return (first == "@" or first == "=") and info.currentline > 0
+end
+
+-- "file:line: " of the innermost template frame at or above `level` of `co` (or of the
+-- running thread), skipping the kernel's own frames; "" when there is none.
+local function template_position(level, co)
+  for depth = level, level + 40 do
+    local info
+    if co then info = getinfo(co, depth, "Sl") else info = getinfo(depth, "Sl") end
+    if info == nil then break end
+    if is_template_frame(info) then
+      return real_sub(info.source, 2) .. ":" .. info.currentline .. ": "
+    end
+  end
+  return ""
+end
+
+-- A traceback of the template's own frames: the kernel's frames and C functions are left out.
+local function template_traceback(co, message)
+  local lines = {message, "stack traceback:"}
+  for depth = 0, 60 do
+    local info = getinfo(co, depth, "Sln")
+    if info == nil then break end
+    if is_template_frame(info) then
+      local where = real_sub(info.source, 2) .. ":" .. info.currentline .. ": in "
+      if info.name then
+        where = where .. "function '" .. info.name .. "'"
+      elseif info.what == "main" then
+        where = where .. "the file's main chunk"
+      else
+        where = where .. "a function"
+      end
+      lines[#lines + 1] = "\t" .. where
+    end
+  end
+  return real_concat(lines, "\n")
+end
+
+local function limit_message(run)
+  return (run.position or "") .. LIMIT_MESSAGES[run.tripped]
+end
+
+-- Marks the current run as over a limit, remembering the template line that was running.
 local function trip(kind)
-  if current then current.tripped = current.tripped or kind end
+  local run = current
+  if run then
+    if not run.tripped then
+      run.tripped = kind
+      run.position = template_position(3)
+    end
+    real_error(limit_message(run), 0)
+  end
   real_error(LIMIT_MESSAGES[kind], 0)
 end
 
@@ -59,20 +138,46 @@ end
 local function hook()
   local run = current
   if run == nil then return end
-  if run.tripped then real_error(LIMIT_MESSAGES[run.tripped], 0) end
+  if run.tripped then real_error(limit_message(run), 0) end
   if clock() > run.deadline then trip("cpu") end
 end
 
 local function check_tripped()
   local run = current
-  if run and run.tripped then real_error(LIMIT_MESSAGES[run.tripped], 0) end
+  if run and run.tripped then real_error(limit_message(run), 0) end
+end
+
+-- Checks, before a C function runs, that its estimated work fits in the run's CPU budget.
+local function charge(seconds)
+  local run = current
+  if run and seconds > CHARGE_THRESHOLD and clock() + seconds > run.deadline then
+    trip("cpu")
+  end
+end
+
+-- Calls a bridge function. Its answer (see the header) becomes a value, a plain error at
+-- the caller's level, or a broken limit; an error raised around the call (lupa failing to
+-- convert an argument, memory running out while it returns) never passes on as it is.
+local function python_answer(what, called, ok, value)
+  if not called then
+    if real_rawequal(ok, MEMORY_ERROR) then trip("memory") end
+    check_tripped()
+    real_error(template_position(2) .. what .. ": the host could not take this value", 0)
+  end
+  if ok == nil then trip(value) end
+  if not ok then real_error(template_position(2) .. what .. ": " .. real_tostring(value[1]), 0) end
+  return value and value[1]
+end
+
+local function call_python(fn, what, ...)
+  return python_answer(what, real_pcall(fn, ...))
 end
 
 -- A caught error that is really a broken limit is raised again.
 local function rethrow_limits(ok, ...)
   if not ok then
     local err = ...
-    if err == MEMORY_ERROR then trip("memory") end
+    if real_rawequal(err, MEMORY_ERROR) then trip("memory") end
     check_tripped()
   end
   return ok, ...
@@ -109,7 +214,10 @@ local function freeze(contents, label, missing)
       real_error("cannot change " .. label .. "." .. real_tostring(key)
         .. ": library tables are read-only", 2)
     end,
-    __pairs = function() return next, contents, nil end,
+    -- The iterator hides `contents`: pairs(proxy) gives (iterator, proxy, nil) only.
+    __pairs = function(self)
+      return function(_, key) return real_next(contents, key) end, self, nil
+    end,
     __len = function() return #contents end,
     __metatable = false,
   })
@@ -187,10 +295,17 @@ local function pattern_items(p)
   return items
 end
 
--- The largest number of quantified items that can all consume the same byte in a row.
+-- The largest number of quantified items that can all consume the same byte in a row, the
+-- number of items, and whether a repetition is followed by an item that can make it back off.
 local function overlap_depth(p)
   local items = pattern_items(p)
   local deepest = 0
+  local backtracks = false
+  for index, item in ipairs(items) do
+    if (item.q ~= "" and item.q ~= "?" or item.kind == "balanced") and index < #items then
+      backtracks = true
+    end
+  end
   for b = 0, 255 do
     local run = 0
     for _, item in ipairs(items) do
@@ -209,45 +324,97 @@ local function overlap_depth(p)
       if run > deepest then deepest = run end
     end
   end
-  return deepest
+  return {depth = deepest, items = #items, backtracks = backtracks}
 end
 
 local pattern_cache, pattern_cache_size = {}, 0
 
-local function check_pattern(fname, s, p, init)
-  if real_type(s) ~= "string" and real_type(s) ~= "number" then return end
-  if real_type(p) ~= "string" and real_type(p) ~= "number" then return end
-  p = real_tostring(p)
-  local depth = pattern_cache[p]
-  if depth == nil then
-    local ok, result = real_pcall(overlap_depth, p)
-    depth = ok and result or 0
-    if pattern_cache_size > 512 then pattern_cache, pattern_cache_size = {}, 0 end
-    pattern_cache[p], pattern_cache_size = depth, pattern_cache_size + 1
-  end
-  if depth < 2 then return end
+local UNKNOWN_SHAPE = {depth = 0, items = 1, backtracks = false}
+
+-- Subject length from `init` on, as Lua's string functions count it.
+local function subject_length(s, init)
   local length = #real_tostring(s)
   if real_type(init) == "number" then
     if init < 0 then init = length + init + 1 end
+    if init < 1 then init = 1 end
     length = length - init + 1
   end
+  return length
+end
+
+-- Strings and numbers are what Lua's string functions take; anything else fails in C at once.
+local function stringlike(v)
+  local t = real_type(v)
+  return t == "string" or t == "number"
+end
+
+local function check_pattern(fname, s, p, init)
+  if not stringlike(s) or not stringlike(p) then return end
+  p = real_tostring(p)
+  local shape = pattern_cache[p]
+  if shape == nil then
+    local ok, result = real_pcall(overlap_depth, p)
+    shape = ok and result or UNKNOWN_SHAPE
+    if pattern_cache_size > 512 then pattern_cache, pattern_cache_size = {}, 0 end
+    pattern_cache[p], pattern_cache_size = shape, pattern_cache_size + 1
+  end
+  local length = subject_length(s, init)
   if length < 1 then return end
   local anchored = real_sub(p, 1, 1) == "^" and fname ~= "gmatch"
-  local steps = (length + 1) ^ depth * (anchored and 1 or length + 1)
+  local starts = anchored and 1 or length + 1
+  local steps
+  if shape.depth >= 2 or (shape.depth == 1 and shape.backtracks) then
+    -- Each start can try every split of the subject among the overlapping repetitions.
+    steps = (length + 1) ^ shape.depth * starts
+  else
+    -- Each start compares at most every item once against the subject.
+    steps = starts * (shape.items + 1)
+  end
   if steps > PATTERN_STEPS then
     real_error(real_format("string.%s: pattern %q is too costly for a subject of %d bytes "
-      .. "(%d overlapping repetitions could backtrack about %.0e times)",
-      fname, #p > 40 and real_sub(p, 1, 40) .. "..." or p, length, depth, steps), 3)
+      .. "(it could take about %.0e matching steps; the limit is %.0e)",
+      fname, #p > 40 and real_sub(p, 1, 40) .. "..." or p, length, steps, PATTERN_STEPS), 3)
   end
+  -- Linear matching is charged; backtracking is bounded by PATTERN_STEPS alone (its estimate
+  -- is a worst case, far above what most subjects cost).
+  if shape.depth == 0 or not shape.backtracks then charge(steps * SECONDS_PER_BYTE) end
 end
 
 local safe_string = copy(string, {
-  "byte", "char", "format", "len", "lower", "upper", "rep", "reverse", "sub",
+  "byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
   "pack", "packsize", "unpack",
 })
+
+local function has_specials(p)
+  return real_find(p, "[%^%$%*%+%?%.%(%)%[%]%%%-]") ~= nil
+end
+
+-- A plain search compares the needle at every start: up to (subject x needle) bytes.
+local function charge_plain(s, p, init)
+  if not stringlike(s) or not stringlike(p) then return end
+  local needle = #real_tostring(p)
+  local starts = subject_length(s, init) - needle + 1
+  if starts > 0 then charge(starts * needle * SECONDS_PER_BYTE) end
+end
+
 function safe_string.find(s, p, init, plain)
-  if not plain then check_pattern("find", s, p, init) end
+  if plain or (stringlike(p) and not has_specials(real_tostring(p))) then
+    charge_plain(s, p, init)
+  else
+    check_pattern("find", s, p, init)
+  end
   return real_find(s, p, init, plain)
+end
+
+-- Lua's rep loops n times even when every piece is empty; the copying it does is charged.
+function safe_string.rep(s, n, sep)
+  if stringlike(s) and real_type(n) == "number" and n >= 1
+      and (sep == nil or stringlike(sep)) then
+    local piece = #real_tostring(s) + (sep and #real_tostring(sep) or 0)
+    if piece == 0 and math_type(n) == "integer" then return "" end
+    charge(n * piece * SECONDS_PER_BYTE)
+  end
+  return real_rep(s, n, sep)
 end
 function safe_string.match(s, p, init)
   check_pattern("match", s, p, init)
@@ -273,10 +440,19 @@ string_meta.__metatable = false
 ---------------------------------------------------------------------------------------------
 -- Text helpers for logs and errors.
 
+-- Always valid UTF-8 (a cut never splits a character), at most LOG_LINE_BYTES long.
 local function to_text(s)
   s = real_tostring(s)
+  if #s > LOG_LINE_BYTES then
+    s = real_sub(s, 1, LOG_LINE_BYTES)
+    -- At most three bytes of a cut character remain at the end.
+    for _ = 1, 3 do
+      if utf8_len(s) ~= nil then break end
+      s = real_sub(s, 1, -2)
+    end
+    s = s .. "... (truncated)"
+  end
   if utf8_len(s) == nil then s = real_gsub(s, "[\128-\255]", "?") end
-  if #s > LOG_LINE_BYTES then s = real_sub(s, 1, LOG_LINE_BYTES) .. "... (truncated)" end
   return s
 end
 
@@ -292,14 +468,137 @@ end
 -- json
 
 local null = freeze({}, "json.null")
-local object_marker = {}
+-- The metatable that marks an empty table as a JSON object. Guarded: getmetatable gives the
+-- string "json.object", so no template can change it (a __gc on it would mark every object).
+local object_marker = {__metatable = "json.object"}
+
+-- Raw comparisons only: Python calls it outside any run, where no template code may run.
+local function empty_kind(t)
+  if real_rawequal(t, null) then return "null" end
+  if real_rawequal(debug_getmetatable(t), object_marker) then return "object" end
+  return "array"
+end
+
+-- Linear: each table is walked once, so tables that share children cost nothing extra.
+local function find_cycle(root)
+  local on_path, done = {}, {}
+  local function walk(t)
+    if on_path[t] then return true end
+    if done[t] then return false end
+    on_path[t] = true
+    for _, v in real_next, t do
+      if real_type(v) == "table" and walk(v) then return true end
+    end
+    on_path[t] = nil
+    done[t] = true
+    return false
+  end
+  return walk(root)
+end
+
+-- json.encode runs here, in Lua, inside the template's run: its CPU is hooked, its memory
+-- limited, and no table of the template is handed to Python (lupa's reference to one would
+-- allocate inside its own C code, where running out of memory cannot be caught). Tables are
+-- read raw; the output is at most JSON_ENCODE_BYTES long.
+local JSON_ESCAPES = {
+  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
+  ["\r"] = "\\r", ["\t"] = "\\t",
+}
+local function json_escape(c)
+  return JSON_ESCAPES[c] or real_format("\\u%04x", real_byte(c))
+end
+
+local function encode_number(x)
+  if x ~= x or x == huge or x == -huge then
+    real_error("numbers must be finite (no NaN or infinity)", 0)
+  end
+  if math_type(x) == "integer" then return real_format("%d", x) end
+  if x == math.floor(x) and x >= -2^53 and x <= 2^53 then return real_format("%.1f", x) end
+  local text = real_format("%.15g", x)
+  if tonumber(text) ~= x then text = real_format("%.17g", x) end
+  return text
+end
+
+local function key_error(key)
+  local t = real_type(key)
+  if t == "string" or t == "number" then
+    real_error("a table mixes array items and string keys (key " .. real_tostring(key)
+      .. "); use one or the other", 0)
+  end
+  real_error("table keys must be strings, got a " .. t .. " key", 0)
+end
+
+local function json_encode_value(value, budget)
+  local parts, n, size = {}, 0, 0
+  local function emit(text)
+    n = n + 1
+    parts[n] = text
+    size = size + #text
+    if size > budget then
+      real_error("value too large: the encoded text would be longer than " .. budget
+        .. " bytes", 0)
+    end
+  end
+  local function encode(v, depth)
+    local t = real_type(v)
+    if t == "string" then
+      if utf8_len(v) == nil then real_error("a string is not valid UTF-8", 0) end
+      emit('"' .. real_gsub(v, '[%c"\\]', json_escape) .. '"')
+    elseif t == "number" then emit(encode_number(v))
+    elseif t == "boolean" then emit(v and "true" or "false")
+    elseif t == "nil" then emit("null")
+    elseif t ~= "table" then
+      real_error("a " .. t .. " cannot be converted to JSON", 0)
+    elseif depth >= JSON_MAX_DEPTH then
+      if find_cycle(value) then real_error("the table contains a cycle (it refers to itself)", 0) end
+      real_error("tables nest deeper than " .. JSON_MAX_DEPTH .. " levels", 0)
+    else
+      local first = real_next(v)
+      if first == nil then
+        local kind = empty_kind(v)
+        emit(kind == "null" and "null" or kind == "object" and "{}" or "[]")
+      elseif real_type(first) == "string" then
+        emit("{")
+        local comma = false
+        for key, item in real_next, v do
+          if real_type(key) ~= "string" then key_error(key) end
+          if comma then emit(",") end
+          comma = true
+          encode(key, depth + 1)
+          emit(":")
+          encode(item, depth + 1)
+        end
+        emit("}")
+      else
+        local count = 0
+        for key in real_next, v do
+          if math_type(key) ~= "integer" then key_error(key) end
+          count = count + 1
+        end
+        if real_rawlen(v) ~= count or real_rawget(v, count) == nil then
+          real_error("an array table must have keys 1..n with no holes (is there a nil "
+            .. "inside? use json.null)", 0)
+        end
+        emit("[")
+        for i = 1, count do
+          if i > 1 then emit(",") end
+          encode(real_rawget(v, i), depth + 1)
+        end
+        emit("]")
+      end
+    end
+  end
+  encode(value, 0)
+  return real_concat(parts)
+end
 
 local function json_encode(value)
-  if real_type(value) == "string" and utf8_len(value) == nil then
-    real_error("json.encode: string is not valid UTF-8", 2)
+  local ok, result = real_pcall(json_encode_value, value, JSON_ENCODE_BYTES)
+  if not ok then
+    if real_rawequal(result, MEMORY_ERROR) then trip("memory") end
+    check_tripped()
+    real_error(template_position(2) .. "json.encode: " .. real_tostring(result), 0)
   end
-  local ok, result = real_pcall(py_json_encode, value)
-  if not ok then real_error("json.encode: " .. real_tostring(result), 2) end
   return result
 end
 
@@ -308,14 +607,15 @@ local function json_decode(text)
     real_error("json.decode: expected a string, got " .. real_type(text), 2)
   end
   if utf8_len(text) == nil then real_error("json.decode: text is not valid UTF-8", 2) end
-  local ok, result = real_pcall(py_json_decode, text)
-  if not ok then real_error("json.decode: " .. real_tostring(result), 2) end
-  return result
+  return call_python(py_json_decode, "json.decode", text)
 end
 
 -- An empty table encodes as [] unless marked as an object.
 local function json_object(t)
-  t = t or {}
+  if t == nil then t = {} end
+  if real_type(t) ~= "table" then
+    real_error("json.object: expected a table, got " .. real_type(t), 2)
+  end
   if real_getmetatable(t) == nil then real_setmetatable(t, object_marker) end
   return t
 end
@@ -329,36 +629,16 @@ local JSON = freeze({
 }, "json")
 
 -- How Python tells an empty object from an empty array and from json.null.
-local function empty_kind(t)
-  local mt = real_getmetatable(t)
-  if t == null then return "null" end
-  if mt == object_marker then return "object" end
-  return "array"
-end
-
-local function find_cycle(root)
-  local on_path = {}
-  local function walk(t)
-    if on_path[t] then return true end
-    on_path[t] = true
-    for _, v in next, t do
-      if real_type(v) == "table" and walk(v) then return true end
-    end
-    on_path[t] = nil
-    return false
-  end
-  return walk(root)
-end
 
 ---------------------------------------------------------------------------------------------
 -- Coroutines: each gets the hook, and host requests pass through them to the driver.
 
 local function pass_host_requests(co, ...)
   local r = real_pack(real_resume(co, ...))
-  while r[1] and r[2] == HOST and real_status(co) == "suspended" do
+  while r[1] and real_rawequal(r[2], HOST) and real_status(co) == "suspended" do
     r = real_pack(real_resume(co, real_yield(HOST, r[3], r[4], r[5])))
   end
-  if not r[1] and r[2] == MEMORY_ERROR then trip("memory") end
+  if not r[1] and real_rawequal(r[2], MEMORY_ERROR) then trip("memory") end
   check_tripped()
   return real_unpack(r, 1, r.n)
 end
@@ -413,6 +693,46 @@ local OS = freeze(copy(os, {"time", "clock", "date", "difftime"}), "os", {
   setlocale = "the locale is fixed",
 })
 
+-- table.move, insert and remove loop in C over a range the template chooses (a __len can
+-- claim any length): the loop's length is charged before it runs.
+local function length_as_seen(t)
+  local mt = debug_getmetatable(t)
+  if mt and real_rawget(mt, "__len") ~= nil then return #t end
+  return real_rawlen(t)
+end
+
+local function is_integer(v) return math_type(v) == "integer" end
+
+local safe_table = copy(table, {"concat", "pack", "sort", "unpack"})
+function safe_table.move(a1, f, e, t, a2)
+  if is_integer(f) and is_integer(e) and e >= f then
+    if f <= 0 and e >= maxinteger + f then
+      real_error("bad argument #3 to 'move' (too many elements to move)", 2)
+    end
+    charge((e - f + 1) * SECONDS_PER_ELEMENT)
+  end
+  return real_move(a1, f, e, t, a2)
+end
+function safe_table.insert(t, ...)
+  local n = real_select("#", ...)
+  if n == 2 and real_type(t) == "table" then
+    local pos = ...
+    if is_integer(pos) then charge((length_as_seen(t) - pos) * SECONDS_PER_ELEMENT) end
+  end
+  return real_insert(t, ...)
+end
+function safe_table.remove(t, ...)
+  if real_type(t) == "table" then
+    local size = length_as_seen(t)
+    local pos = ...
+    if pos == nil then pos = size end
+    if is_integer(size) and is_integer(pos) then
+      charge((size - pos) * SECONDS_PER_ELEMENT)
+    end
+  end
+  return real_remove(t, ...)
+end
+
 local function safe_setmetatable(t, mt)
   if frozen[t] then real_error("cannot change the metatable of a library table", 2) end
   if real_type(mt) == "table" and rawget(mt, "__gc") ~= nil then
@@ -433,7 +753,7 @@ end
 local function safe_xpcall(fn, handler, ...)
   local function guarded_handler(err)
     -- A broken limit skips the template's handler: it must not run more code.
-    if err == MEMORY_ERROR or (current and current.tripped) then return err end
+    if real_rawequal(err, MEMORY_ERROR) or (current and current.tripped) then return err end
     return handler(err)
   end
   return rethrow_limits(real_xpcall(fn, guarded_handler, ...))
@@ -451,9 +771,7 @@ local base = {
   setmetatable = safe_setmetatable, getmetatable = real_getmetatable,
   tonumber = tonumber, tostring = real_tostring, type = real_type, _VERSION = _VERSION,
   collectgarbage = safe_collectgarbage,
-  string = STRING, table = freeze(copy(table, {
-    "concat", "insert", "move", "pack", "remove", "sort", "unpack",
-  }), "table"),
+  string = STRING, table = freeze(safe_table, "table"),
   math = freeze(copy(math, {
     "abs", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge", "log", "max", "maxinteger",
     "min", "mininteger", "modf", "pi", "rad", "random", "randomseed", "sin", "sqrt", "tan",
@@ -485,13 +803,13 @@ local function log_line(level, template, text)
     run.lines = (run.lines or 0) + 1
     if run.lines > LOG_LINES_PER_RUN then
       if run.lines == LOG_LINES_PER_RUN + 1 then
-        py_log("warn", template, "log limit of " .. LOG_LINES_PER_RUN
+        call_python(py_log, "print", "warn", template, "log limit of " .. LOG_LINES_PER_RUN
           .. " lines per handler run reached; later lines of this run are dropped")
       end
       return
     end
   end
-  py_log(level, template, text)
+  call_python(py_log, "print", level, template, text)
 end
 
 local function join_args(...)
@@ -519,6 +837,11 @@ local function new_env(template_name, files)
       return nil, "load: only text mode \"t\" is available; binary chunks are refused"
     end
     if real_byte(chunk, 1) == 27 then return nil, "load: binary chunks are refused" end
+    if #chunk > LOAD_BYTES then
+      return nil, "load: the text is larger than " .. LOAD_BYTES .. " bytes"
+    end
+    -- The parser runs in C: its work is charged before it starts.
+    charge(#chunk * 50 * SECONDS_PER_BYTE)
     local name = chunkname and ("=" .. real_tostring(chunkname)) or "=(load)"
     return real_load(chunk, name, "t", chunk_env or env)
   end
@@ -558,29 +881,17 @@ end
 ---------------------------------------------------------------------------------------------
 -- Host capabilities as templates see them. Every call leaves the VM as a host request.
 
-local getinfo = debug.getinfo
-
--- "file:line: " of the nearest template frame (a tail call may have left none).
-local function template_position()
-  for level = 3, 20 do
-    local info = getinfo(level, "Sl")
-    if info == nil then break end
-    local first = real_sub(info.source, 1, 1)
-    if (first == "@" or first == "=") and info.currentline > 0 then
-      return real_sub(info.source, 2) .. ":" .. info.currentline .. ": "
-    end
-  end
-  return ""
-end
-
+-- The host answers (true, value), (false, message), or (false, nil, limit kind) when the
+-- answer could not be given within a limit (a value too big for the VM's memory, say).
 local function host_call(family, op, ...)
   check_tripped()
   if not real_isyieldable() then
     real_error("ctx." .. family .. "." .. op .. " can only be called while a handler runs", 2)
   end
-  local ok, value = real_yield(HOST, family, op, real_pack(...))
+  local ok, value, limit = real_yield(HOST, family, op, real_pack(...))
+  if limit then trip(limit) end
   check_tripped()
-  if not ok then real_error(template_position() .. value, 0) end
+  if not ok then real_error(template_position(3) .. real_tostring(value), 0) end
   return value
 end
 
@@ -629,7 +940,7 @@ function kernel.compile(files)
     local fn, err = real_load(source, "@" .. path, "t", {})
     if not fn then
       local file, line, text = parse_error(err)
-      return {file = file or path, line = line, message = text}
+      return text, file or path, line
     end
   end
   return nil
@@ -643,7 +954,8 @@ local function start_run(fn, ...)
 end
 
 -- Runs init.lua as a run (with limits); its result is the sorted handler names.
-function kernel.start_load(name, files)
+function kernel.start_load(box)
+  local name, files = box[1], box[2]
   local env = new_env(name, files)
   local init = real_load(files["init.lua"], "@init.lua", "t", env)
   return start_run(function()
@@ -659,7 +971,7 @@ function kernel.start_load(name, files)
           .. " key; keys must be event names", 0)
       end
       if real_type(value) ~= "function" then
-        real_error("init.lua: handler for '" .. key .. "' is a " .. real_type(value)
+        real_error("the handler for '" .. key .. "' is a " .. real_type(value)
           .. ", not a function", 0)
       end
       names[#names + 1] = key
@@ -670,12 +982,15 @@ function kernel.start_load(name, files)
   end)
 end
 
-function kernel.drop_template(name)
-  templates[name] = nil
+function kernel.drop_template(box)
+  templates[box[1]] = nil
 end
 
 -- Builds ctx and event afresh for every run, so no run can change what another sees.
-function kernel.start_handler(name, version, event_name, event_id, at, author, data)
+-- box: {template name, version, event name, event id, at, author, data}
+function kernel.start_handler(box)
+  local name, version, event_name, event_id = box[1], box[2], box[3], box[4]
+  local at, author, data = box[5], box[6], box[7]
   local t = templates[name]
   local handler = t and rawget(t.handlers, event_name)
   if real_type(handler) ~= "function" then return nil end
@@ -699,17 +1014,26 @@ function kernel.start_handler(name, version, event_name, event_id, at, author, d
   return start_run(handler, ctx, event)
 end
 
--- Resumes a run until it finishes or needs the host. Returns a table:
+-- Resumes a run until it finishes or needs the host. Returns the status; the outcome is:
 --   {status = "done", value = v} | {status = "host", family, op, args}
---   {status = "error", message, traceback} | {status = "limit", kind, traceback}
-function kernel.step(id, deadline, ok, answer)
+--   {status = "error", message, traceback} | {status = "limit", kind, message, traceback}
+-- `answer` (nil for the first step) is the host's {ok, value, limit}; see host_call.
+-- The outcome of the last step; Python fetches it with kernel.outcome, with the limit lifted
+-- (lupa's reference to a returned table is an allocation outside any protected call).
+local last_outcome = nil
+local function finish_step(status, outcome)
+  last_outcome = outcome
+  return status
+end
+
+function kernel.step(id, deadline, answer)
   local run = runs[id]
-  if run == nil then return {status = "error", message = "no such run"} end
+  if run == nil then return finish_step("error", {status = "error", message = "no such run"}) end
   run.deadline = deadline
   current = run
   local r
   if run.started then
-    r = real_pack(real_resume(run.co, ok, answer))
+    r = real_pack(real_resume(run.co, answer[1], answer[2], answer[3]))
   else
     run.started = true
     r = real_pack(real_resume(run.co, real_unpack(run.args, 1, run.args.n)))
@@ -719,22 +1043,33 @@ function kernel.step(id, deadline, ok, answer)
   local co = run.co
   if real_status(co) == "dead" then
     runs[id] = nil
-    if not r[1] and r[2] == MEMORY_ERROR then run.tripped = run.tripped or "memory" end
-    if run.tripped then
-      return {status = "limit", kind = run.tripped,
-              traceback = traceback(co, LIMIT_MESSAGES[run.tripped])}
+    if not r[1] and real_rawequal(r[2], MEMORY_ERROR) and not run.tripped then
+      run.tripped = "memory"
+      run.position = template_position(0, co)
     end
-    if r[1] then return {status = "done", value = r[2]} end
+    if run.tripped then
+      local message = limit_message(run)
+      return finish_step("limit", {status = "limit", kind = run.tripped, message = message,
+              traceback = template_traceback(co, message)})
+    end
+    if r[1] then return finish_step("done", {status = "done", value = r[2]}) end
     local message = error_text(r[2])
-    return {status = "error", message = message, traceback = traceback(co, message)}
+    return finish_step("error", {status = "error", message = message,
+                                 traceback = template_traceback(co, message)})
   end
-  if r[2] == HOST then
-    return {status = "host", family = r[3], op = r[4], args = r[5]}
+  if r[1] and real_rawequal(r[2], HOST) then
+    return finish_step("host", {status = "host", family = r[3], op = r[4], args = r[5]})
   end
   runs[id] = nil
-  return {status = "error",
+  return finish_step("error", {status = "error",
           message = "coroutine.yield was called outside a coroutine: a handler cannot yield",
-          traceback = traceback(co)}
+          traceback = template_traceback(co, "coroutine.yield outside a coroutine")})
+end
+
+function kernel.outcome()
+  local outcome = last_outcome
+  last_outcome = nil
+  return outcome
 end
 
 function kernel.cancel(id)
