@@ -266,6 +266,9 @@ class LuaRun:
             return self._fail_limit("memory", None, None)
         except TemplateError as error:
             return self._fail(error.message, None)
+        except ValueConversionError as error:
+            # Only the event can be refused here: answers and arguments are handled above.
+            return self._fail(f"the event's data cannot be given to Lua: {error}", None)
         except lua54.LuaError:
             # Only the kernel's own code raises here, for example when memory ran out in it.
             return self._fail_limit("memory", None, None)

@@ -232,6 +232,9 @@ local function copy(source, names)
 end
 
 ---------------------------------------------------------------------------------------------
+-- Patterns longer than this are not analysed item by item (see overlap_depth).
+local LONG_PATTERN = 256
+
 -- Pattern guard: Lua's matcher runs in C where no hook fires, and backtracking over several
 -- overlapping quantifiers is polynomial in the subject length. Estimate the worst case before
 -- matching and refuse what could run for too long.
@@ -298,6 +301,11 @@ end
 -- The largest number of quantified items that can all consume the same byte in a row, the
 -- number of items, and whether a repetition is followed by an item that can make it back off.
 local function overlap_depth(p)
+  if #p > LONG_PATTERN then
+    -- Too long to analyse byte by byte: assume every repetition overlaps the others.
+    local _, repetitions = real_gsub(p, "[%*%+%-]", "")
+    return {depth = repetitions, items = #p, backtracks = repetitions > 0}
+  end
   local items = pattern_items(p)
   local deepest = 0
   local backtracks = false
@@ -329,7 +337,6 @@ end
 
 local pattern_cache, pattern_cache_size = {}, 0
 
-local UNKNOWN_SHAPE = {depth = 0, items = 1, backtracks = false}
 
 -- Subject length from `init` on, as Lua's string functions count it.
 local function subject_length(s, init)
@@ -353,8 +360,7 @@ local function check_pattern(fname, s, p, init)
   p = real_tostring(p)
   local shape = pattern_cache[p]
   if shape == nil then
-    local ok, result = real_pcall(overlap_depth, p)
-    shape = ok and result or UNKNOWN_SHAPE
+    shape = overlap_depth(p)
     if pattern_cache_size > 512 then pattern_cache, pattern_cache_size = {}, 0 end
     pattern_cache[p], pattern_cache_size = shape, pattern_cache_size + 1
   end

@@ -1,0 +1,81 @@
+"""Hostile templates against a whole engine, on both topologies: running out of memory while
+the host converts a value breaks that tenant's run, never its worker or its neighbours."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from moonshard import Engine, Event, TenantId
+from moonshard.limits import Limits
+
+# guild:1 and guild:2 share worker 0 of two ((id >> 22) % 2 == 0).
+HOG, NEIGHBOUR = TenantId.guild(1), TenantId.guild(2)
+
+HOG_TEMPLATE = """
+return {
+  FILL = function(ctx, event)
+    for i = 1, 30 do ctx.kv.set("big:" .. i, string.rep(tostring(i % 10), 200000)) end
+    return "filled"
+  end,
+  FIND = function(ctx)
+    held = string.rep("h", 3 * 1024 * 1024)  -- 3 MiB held, then 6 MiB of answers
+    local ok = pcall(ctx.kv.find, "big:")
+    return ok and "found" or "caught"
+  end,
+  DECODE = function()
+    local ok = pcall(json.decode, "[" .. string.rep("1,", 1500000) .. "1]")
+    return "caught"
+  end,
+  EMIT = function(ctx)
+    local s = string.rep("x", 1024 * 1024)
+    local many = {}
+    for i = 1, 16 do many[i] = s end
+    local ok, err = pcall(ctx.events.emit, "E", many)
+    return err
+  end,
+  PING = function() return "pong" end,
+}
+"""
+
+
+@pytest.fixture(params=["thread", "process"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    limits = Limits(memory_bytes=8 * 1024 * 1024, cpu_seconds=5)
+    async with Engine.open(f"sqlite:///{tmp_path / 'hostile.db'}", topology=request.param,
+                           workers=2, limits=limits) as running:
+        yield running
+
+
+async def test_out_of_memory_in_a_host_answer_breaks_only_that_run(engine: Engine) -> None:
+    for tenant in (HOG, NEIGHBOUR):
+        await engine.templates.put(tenant, "hog", {"init.lua": HOG_TEMPLATE})
+    assert (await engine.dispatch(HOG, Event("FILL")))[0].value == "filled"
+    found = (await engine.dispatch(HOG, Event("FIND")))[0]
+    assert not found.ok
+    assert found.error is not None
+    assert found.error.endswith("memory limit exceeded")
+    # The worker lives on: its other tenant answers, and so does the hog, on a new VM.
+    assert (await engine.dispatch(NEIGHBOUR, Event("PING")))[0].value == "pong"
+    assert (await engine.dispatch(HOG, Event("PING")))[0].value == "pong"
+
+
+async def test_out_of_memory_in_json_decode_cannot_be_caught(engine: Engine) -> None:
+    for tenant in (HOG, NEIGHBOUR):
+        await engine.templates.put(tenant, "hog", {"init.lua": HOG_TEMPLATE})
+    decoded = (await engine.dispatch(HOG, Event("DECODE")))[0]
+    assert not decoded.ok
+    assert decoded.error is not None
+    assert decoded.error.endswith("memory limit exceeded")
+    assert (await engine.dispatch(NEIGHBOUR, Event("PING")))[0].value == "pong"
+
+
+async def test_shared_references_are_refused_before_they_are_copied(engine: Engine) -> None:
+    await engine.templates.put(HOG, "hog", {"init.lua": HOG_TEMPLATE})
+    emitted = (await engine.dispatch(HOG, Event("EMIT")))[0]
+    assert emitted.ok, emitted.error
+    assert isinstance(emitted.value, str)
+    assert "value too large" in emitted.value
+    assert (await engine.dispatch(HOG, Event("PING")))[0].value == "pong"
