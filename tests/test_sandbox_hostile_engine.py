@@ -79,3 +79,41 @@ async def test_shared_references_are_refused_before_they_are_copied(engine: Engi
     assert isinstance(emitted.value, str)
     assert "value too large" in emitted.value
     assert (await engine.dispatch(HOG, Event("PING")))[0].value == "pong"
+
+
+async def test_every_escape_probe_holds_through_the_engine(engine: Engine) -> None:
+    from tests.test_sandbox_hostile import ESCAPES
+
+    handlers = ",\n".join(f"P{index} = function(ctx, event)\n{body}\nend"
+                          for index, body in enumerate(ESCAPES.values()))
+    await engine.templates.put(HOG, "probes", {"init.lua": f"return {{\n{handlers}\n}}"})
+    for index, name in enumerate(ESCAPES):
+        result = (await engine.dispatch(HOG, Event(f"P{index}")))[0]
+        assert result.value is not True, f"{name} escaped"
+
+
+async def test_error_values_are_plain_strings_everywhere(engine: Engine) -> None:
+    await engine.templates.put(HOG, "errors", {"init.lua": """
+        return {RUN = function(ctx)
+          local kinds = {}
+          local attempts = {
+            function() return json.decode("{") end,
+            function() return json.decode('"\\\\ud800"') end,
+            function() return json.encode(print) end,
+            function() return ctx.kv.set(string.rep("k", 1000), 1) end,
+            function() return ctx.kv.get({}) end,
+            function() return ctx.events.emit("E", print) end,
+            function() return ctx.discord.nothing{} end,
+            function() return string.rep("x", -1, {}) end,
+            function() return print(setmetatable({}, {__tostring = function() return {} end})) end,
+          }
+          for i, attempt in ipairs(attempts) do
+            local ok, err = pcall(attempt)
+            kinds[i] = ok and "ok" or type(err)
+          end
+          return kinds
+        end}"""})
+    result = (await engine.dispatch(HOG, Event("RUN")))[0]
+    assert result.ok, result.error
+    assert isinstance(result.value, list)
+    assert set(result.value) == {"string"}, result.value
