@@ -15,6 +15,7 @@ from moonshard.errors import TemplateError, ValueConversionError
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.sandbox.convert import ValueBridge
+from moonshard.sandbox.libraries import BUILTIN_LIBRARY_SOURCES
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, dumps_json
 
@@ -84,6 +85,7 @@ class TenantVM:
             "pattern_steps": limits.pattern_steps,
             "log_line_bytes": limits.log_line_bytes,
             "log_lines_per_run": limits.log_lines_per_run,
+            "libraries": self._runtime.table_from(dict(BUILTIN_LIBRARY_SOURCES)),
         })
         self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
         self._bridge = ValueBridge(self._runtime, self._kernel)
