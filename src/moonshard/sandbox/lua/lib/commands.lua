@@ -141,6 +141,7 @@ end
 --- spec (optional): {options = {...}, cooldown = seconds or "30s", ephemeral = bool}.
 function Router:command(path, spec, handler)
   if type(spec) == "function" and handler == nil then spec, handler = {}, spec end
+  if spec == nil then spec = {} end
   if type(path) ~= "string" then
     error("router:command: the command name must be a string, got " .. type(path), 2)
   end
