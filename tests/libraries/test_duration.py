@@ -77,7 +77,14 @@ async def test_format_output_parses_back_to_the_same_seconds(harness: Harness) -
     assert value == []
 
 
-async def test_format_refuses_what_is_not_a_number(harness: Harness) -> None:
-    error = await harness.error('local text = require("@moonshard/duration").format("10m")')
-    assert "duration.format: expected a number of seconds, got 10m" in error
+@pytest.mark.parametrize(("argument", "wording"), [
+    ('"10m"', "duration.format: expected a number of seconds, got 10m"),
+    ("1e300", "duration.format: 1e+300 seconds is too large to write"),
+    ("0/0", "duration.format: expected a number of seconds"),
+])
+async def test_format_refuses_what_it_cannot_write(
+        harness: Harness, argument: str, wording: str) -> None:
+    error = await harness.error(
+        f'local text = require("@moonshard/duration").format({argument})')
+    assert wording in error
     assert error.startswith("init.lua:2:")

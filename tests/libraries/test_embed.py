@@ -66,6 +66,7 @@ async def test_new_takes_a_table(harness: Harness) -> None:
     ('embed.new():image("not a url")', 'embed.image: expected a URL such as "https://..."'),
     ('embed.new{colour = 1}', "embed.new: unknown embed part 'colour'"),
     ('embed.new{title = ("x"):rep(300)}', "embed.title: 300 characters"),
+    ('embed.new{fields = "a"}', "embed.new: fields must be a list"),
 ])
 async def test_each_limit_fails_at_the_templates_line(
         harness: Harness, code: str, wording: str) -> None:

@@ -79,6 +79,9 @@ function duration.format(seconds, opts)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds == math.huge then
     error("duration.format: expected a number of seconds, got " .. tostring(seconds), 2)
   end
+  if seconds >= 2^53 or seconds <= -2^53 then
+    error("duration.format: " .. tostring(seconds) .. " seconds is too large to write", 2)
+  end
   opts = opts or {}
   local sign = ""
   if seconds < 0 then sign, seconds = "-", -seconds end

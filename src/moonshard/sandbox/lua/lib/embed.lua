@@ -196,7 +196,13 @@ function embed.new(initial)
       end
       if not ok then error(problem, 2) end
     elseif key == "fields" then
+      if type(value) ~= "table" then
+        error("embed.new: fields must be a list of {name, value, inline}, got " .. type(value), 2)
+      end
       for _, field in ipairs(value) do
+        if type(field) ~= "table" then
+          error("embed.new: each field must be a table {name, value, inline}", 2)
+        end
         local ok, problem = pcall(Builder.field, self, field.name or field[1],
           field.value or field[2], field.inline or field[3])
         if not ok then error(problem, 2) end
