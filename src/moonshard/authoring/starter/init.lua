@@ -31,7 +31,8 @@ return {
   ---@param ctx moonshard.Context
   ---@param event moonshard.Event
   MESSAGE_CREATE = function(ctx, event)
-    local message = event.data ---@type discord.Message
+    ---@type discord.Message
+    local message = event.data
     if message.author.bot then return nil end
     local count = ctx.kv.incr("messages:" .. message.author.id)
     print(message.author.username .. " has sent " .. count .. " messages")
