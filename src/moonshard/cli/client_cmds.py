@@ -21,6 +21,7 @@ from rich.text import Text
 
 from moonshard.cli.exec_cmd import read_template_dir
 from moonshard.cli.remote import client_options, open_remote, print_json
+from moonshard.cli.template_init_cmd import template_init
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
@@ -76,7 +77,10 @@ def _parse_json_argument(text: str, what: str, *, fallback_to_string: bool) -> J
 # -- template --------------------------------------------------------------------------------
 @click.group("template")
 def template() -> None:
-    """Manage a tenant's templates on a running server."""
+    """Manage a tenant's templates on a running server, or start a new one (init)."""
+
+
+template.add_command(template_init)
 
 
 @template.command("push")

@@ -29,9 +29,15 @@ _LEVEL_STYLES = MappingProxyType(
 
 
 def read_template_dir(directory: Path) -> dict[str, str]:
-    """Every ``.lua`` file below ``directory``, keyed by its path relative to it."""
+    """Every ``.lua`` file below ``directory``, keyed by its path relative to it.
+
+    Hidden files and folders (``.types/`` of the editor definitions, ``.git/``) are left out.
+    """
     files: dict[str, str] = {}
     for path in sorted(directory.rglob("*.lua")):
+        parts = path.relative_to(directory).parts
+        if any(part.startswith(".") for part in parts):
+            continue
         relative = path.relative_to(directory).as_posix()
         try:
             files[relative] = path.read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ from moonshard.errors import TemplateError, ValueConversionError
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.sandbox.convert import MAX_DEPTH, DoorLimit, ValueDoor
+from moonshard.sandbox.libraries import BUILTIN_LIBRARY_SOURCES
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
@@ -95,6 +96,7 @@ class TenantVM:
             "load_bytes": limits.template_source_bytes,
             "json_encode_bytes": limits.memory_bytes,
             "json_max_depth": MAX_DEPTH,
+            "libraries": self._runtime.table_from(dict(BUILTIN_LIBRARY_SOURCES)),
         })
         self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
         self._door = ValueDoor(self._runtime, self._kernel, limits.memory_bytes)

@@ -13,7 +13,9 @@
 -- Values come boxed in a table the host built with the memory limit lifted: handing over a
 -- table allocates nothing, so running out of memory can never happen inside lupa's C code.
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
---   config.log_line_bytes, config.log_lines_per_run, config.load_bytes
+--   config.log_line_bytes, config.log_lines_per_run, config.load_bytes,
+--   config.json_encode_bytes, config.json_max_depth
+--   config.libraries               name -> source of each @moonshard/<name> library
 
 local bridge, config = ...
 
@@ -801,6 +803,36 @@ local BASE = real_setmetatable(base, {
 frozen[BASE] = true
 
 local BUILTIN_LIBRARIES = {json = JSON}
+local LIBRARY_SOURCES = config.libraries or {}   -- name -> trusted Lua source of @moonshard/name
+local LOADING_LIBRARY = {}
+
+-- A library runs in the template's own world: a read-only env on BASE whose require reaches
+-- only other built-in libraries, so it is no new route out. `loaded` (the requiring template's
+-- module cache) makes it once per template per VM, so templates cannot share its tables.
+local function load_library(lib, loaded)
+  local key = "@moonshard/" .. lib
+  local found = BUILTIN_LIBRARIES[lib] or loaded[key]
+  if real_rawequal(found, LOADING_LIBRARY) then real_error("circular require of '" .. key .. "'", 3) end
+  if found ~= nil or real_type(LIBRARY_SOURCES[lib]) ~= "string" then return found end
+  local lib_env = real_setmetatable({}, {__index = BASE, __metatable = false,
+    __newindex = function() real_error(key .. ": a library's globals are read-only", 2) end})
+  frozen[lib_env] = true
+  real_rawset(lib_env, "require", function(name)
+    local other = real_type(name) == "string" and real_match(name, "^@moonshard/(.+)$")
+    local value = other and load_library(other, loaded)
+    if value == nil then
+      real_error(key .. ": no built-in library '" .. real_tostring(name) .. "'", 2)
+    end
+    return value
+  end)
+  local fn, err = real_load(LIBRARY_SOURCES[lib], "@" .. key .. ".lua", "t", lib_env)
+  if not fn then real_error(err, 0) end
+  loaded[key] = LOADING_LIBRARY
+  local ok, result = real_pcall(fn, key)
+  if not ok then loaded[key] = nil; real_error(result, 0) end
+  loaded[key] = result
+  return result
+end
 
 -- At most LOG_LINES_PER_RUN lines per handler run reach the log; one more line says so.
 local function log_line(level, template, text)
@@ -857,7 +889,7 @@ local function new_env(template_name, files)
     end
     local lib = real_match(modname, "^@moonshard/(.+)$")
     if lib then
-      local found = BUILTIN_LIBRARIES[lib]
+      local found = load_library(lib, modules)
       if not found then real_error("no built-in library '" .. modname .. "'", 2) end
       return found
     end
