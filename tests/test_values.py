@@ -116,8 +116,10 @@ async def test_nesting_limit(harness: Harness) -> None:
     for _ in range(MAX_DEPTH + 5):
         deep = [deep]
     await harness.load("return {ECHO = function(ctx, event) return event.data end}")
-    with pytest.raises(Exception, match="nests deeper"):
-        await harness.run("ECHO", {"v": deep})
+    result = await harness.run("ECHO", {"v": deep})
+    assert not result.ok
+    assert result.error is not None
+    assert "nests deeper" in result.error
 
 
 json_values = st.recursive(
