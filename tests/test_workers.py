@@ -340,13 +340,14 @@ async def test_past_the_restart_budget_a_worker_reports_unhealthy(processes: Eng
 
 async def test_thread_topology_discards_a_vm_stuck_past_the_hard_limit(database: str) -> None:
     # A thread cannot be killed: the call runs to its end, then the VM is thrown away.
+    # A raised pattern guard lets a call get stuck in C for longer than the hard limit.
     async with Engine.open(database, topology="thread", workers=1,
-                           limits=Limits(cpu_seconds=0.3)) as engine:
+                           limits=Limits(cpu_seconds=0.3, pattern_steps=10**13)) as engine:
         await engine.templates.put(A, "stuck", {"init.lua": """
             n = 0
             return {
               COUNT = function() n = n + 1; return n end,
-              STUCK = function() return string.rep("a", 25000):find("a-b") end,
+              STUCK = function() return string.rep("a", 40000):find("a-b") end,
             }"""})
         assert (await engine.dispatch(A, Event("COUNT")))[0].value == 1
         assert (await engine.dispatch(A, Event("COUNT")))[0].value == 2

@@ -255,6 +255,10 @@ class LuaRun:
                 deadline = started + vm.limits.cpu_seconds - self.cpu_used
                 # The step answers its status only; the rest is fetched with the limit lifted.
                 status = str(vm._kernel.step(self._id, deadline, lua_answer))
+                # Count the Lua time now: _interpret judges a finished run by it.
+                now = time.thread_time()
+                self.cpu_used += now - started
+                started = now
                 with door.lifted():
                     outcome = vm._kernel.outcome()
                     if status != "host":
