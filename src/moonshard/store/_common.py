@@ -7,17 +7,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moonshard.errors import LimitExceeded
-from moonshard.store.api import ScheduledEvent, TenantState, TokenInfo
+from moonshard.store.api import OutboxEvent, ScheduledEvent, TenantState, TokenInfo
 from moonshard.templates import Template
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, loads_json
 
 __all__ = [
     "check_admin",
+    "check_emits",
     "check_pending",
     "check_template_count",
     "merge_flags",
     "new_token",
+    "outbox_event",
     "scheduled_event",
     "template_from_row",
     "tenant_state",
@@ -92,3 +94,15 @@ def scheduled_event(row: Sequence[Any]) -> ScheduledEvent:
     created_at``."""
     return ScheduledEvent(int(row[0]), TenantId(row[1], row[2]), row[3], row[4],
                           loads_json(row[5]), float(row[6]), int(row[7]), float(row[8]))
+
+
+def check_emits(emits: int, max_emits: int) -> None:
+    if emits > max_emits:
+        raise LimitExceeded("events.emits", f"at most {max_emits} emits per dispatch")
+
+
+def outbox_event(row: Sequence[Any]) -> OutboxEvent:
+    """An OutboxEvent from ``id, tenant_kind, tenant_id, name, data, author, event_id,
+    created_at``."""
+    return OutboxEvent(int(row[0]), TenantId(row[1], row[2]), row[3], loads_json(row[4]),
+                       row[5], row[6], float(row[7]))

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from moonshard.tenants import TenantId
 
 __all__ = [
-    "CURSOR_START",
-    "Cursor",
     "ExpiryCursor",
     "KVDelete",
     "KVExpire",
@@ -32,6 +30,14 @@ __all__ = [
     "KVSet",
     "KVStore",
     "KVWrite",
+    "OutboxEvent",
+    "RunCancel",
+    "RunCommit",
+    "RunEffects",
+    "RunEmit",
+    "RunLimits",
+    "RunSchedule",
+    "RunStore",
     "ScheduledCursor",
     "ScheduledEvent",
     "Shard",
@@ -39,7 +45,6 @@ __all__ = [
     "TemplateStore",
     "TenantState",
     "TenantStateStore",
-    "TimerRef",
     "TimerStore",
     "TokenInfo",
     "TokenStore",
@@ -324,40 +329,6 @@ class ScheduledEvent:
         return (self.due_at, self.id)
 
 
-Cursor = tuple[float, str, str, str, str]
-"""(due, tenant kind, tenant id, scope, key): the order timers are paged in."""
-
-CURSOR_START: Cursor = (float("-inf"), "", "", "", "")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TimerRef:
-    """One pending timer: a key's expiry (``kind="expiry"``) or a scheduled event.
-
-    For a scheduled event ``key`` is its id as text and ``version`` its id; for an expiry,
-    ``version`` is the key's version when read, so a key changed since is left alone.
-    """
-
-    kind: str
-    due: float
-    tenant: TenantId
-    scope: str
-    key: str
-    version: int
-    attempt: int = 1
-
-    @property
-    def cursor(self) -> Cursor:
-        if self.kind == "scheduled":
-            # Scheduled events page by (due, id): the padded id sorts as the number does.
-            return (self.due, "", "", "", f"{self.version:020d}")
-        return (self.due, self.tenant.kind, self.tenant.id, self.scope, self.key)
-
-    @property
-    def identity(self) -> tuple[str, TenantId, str, str, int]:
-        return (self.kind, self.tenant, self.scope, self.key, self.version)
-
-
 Shard = tuple[int, int]
 """(index, count): the tenants whose ``(id >> 22) % count == index``."""
 
@@ -452,6 +423,104 @@ class TimerStore(abc.ABC):
         """Moves an event to ``due_at`` and counts one more attempt; False if it is gone."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunSchedule:
+    """``ctx.events.schedule``: store an event due at ``due_at`` (replacing ``key``'s)."""
+
+    key: str | None
+    name: str
+    data: JsonValue
+    due_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunCancel:
+    """``ctx.events.cancel``: remove the tenant's pending event of ``key``."""
+
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEmit:
+    """``ctx.events.emit``: an event handed on after the commit. ``event_id`` is its
+    ``event.id``, the same on every delivery."""
+
+    name: str
+    data: JsonValue
+    author: str | None
+    event_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEffects:
+    """Everything one handler run asked for, in the order it asked: committed all or nothing."""
+
+    writes: tuple[KVWrite, ...] = ()
+    events: tuple[RunSchedule | RunCancel, ...] = ()
+    emits: tuple[RunEmit, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.writes or self.events or self.emits)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunLimits:
+    """The limits ``commit_run`` checks again inside its transaction (None: not checked)."""
+
+    max_keys: int | None = None
+    max_pending: int | None = None
+    max_emits: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An emitted event stored with the run that emitted it, until it is delivered."""
+
+    id: int
+    tenant: TenantId
+    name: str
+    data: JsonValue
+    author: str | None
+    event_id: str
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunCommit:
+    """What ``commit_run`` stored: one result per kv write (as ``KVStore.apply``), the
+    scheduled events it created, and the outbox rows of its emitted events."""
+
+    kv_results: tuple[KVResult, ...] = ()
+    scheduled: tuple[ScheduledEvent, ...] = ()
+    outbox: tuple[OutboxEvent, ...] = ()
+
+
+class RunStore(abc.ABC):
+    """One handler run's effects as one transaction, and the outbox of emitted events."""
+
+    @abc.abstractmethod
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        """Applies the kv writes, then the schedules and cancellations in order, and stores
+        the emitted events in the outbox: all in one transaction, or nothing.
+
+        Raises ``LimitExceeded`` (``kv.keys``, ``events.scheduled`` or ``events.emits``) and
+        writes nothing when the run would break a limit of ``limits`` as the data stands at
+        commit.
+        """
+
+    @abc.abstractmethod
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        """Undelivered emitted events of the shard's tenants with an id above ``after``,
+        oldest first."""
+
+    @abc.abstractmethod
+    async def delivered(self, outbox_id: int) -> bool:
+        """Removes a delivered outbox row; False if it was gone already."""
+
+
 class Store(abc.ABC):
     """Everything persistent. Open with ``moonshard.store.open_store(database_url)``.
 
@@ -464,6 +533,7 @@ class Store(abc.ABC):
     tenants: TenantStateStore
     tokens: TokenStore
     timers: TimerStore
+    runs: RunStore
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -22,10 +22,12 @@ from asyncpg.pool import PoolConnectionProxy
 from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
+    check_emits,
     check_pending,
     check_template_count,
     merge_flags,
     new_token,
+    outbox_event,
     scheduled_event,
     template_from_row,
     tenant_state,
@@ -39,6 +41,12 @@ from moonshard.store.api import (
     KVResult,
     KVStore,
     KVWrite,
+    OutboxEvent,
+    RunCancel,
+    RunCommit,
+    RunEffects,
+    RunLimits,
+    RunStore,
     ScheduledCursor,
     ScheduledEvent,
     Shard,
@@ -187,6 +195,20 @@ _EVENT_AFTER_SHARD = _EVENT_AFTER.replace(
     " ORDER BY", " AND ((tenant_id::bigint >> 22) % $5) = $6 ORDER BY")
 _EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = $1"
 _EVENT_RETRY = "UPDATE scheduled_events SET due_at = $2, attempt = attempt + 1 WHERE id = $1"
+# Serialises the scheduling runs of one tenant, so the pending count checked is the one
+# committed (READ COMMITTED alone would let two runs each see room for one more).
+_EVENT_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+_EVENT_LOCK_CLASS = 0x6D6F6F65
+
+# -- the outbox --------------------------------------------------------------------------------
+_OUTBOX_FIELDS = "id, tenant_kind, tenant_id, name, data, author, event_id, created_at"
+_OUTBOX_INSERT = (
+    "INSERT INTO event_outbox (tenant_kind, tenant_id, name, data, author, event_id, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
+_OUTBOX_SHARD = (
+    f"SELECT {_OUTBOX_FIELDS} FROM event_outbox WHERE id > $1"
+    " AND ((tenant_id::bigint >> 22) % $2) = $3 ORDER BY id LIMIT $4")
+_OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = $1"
 
 
 def split_schema(database_url: str) -> tuple[str, str | None]:
@@ -205,7 +227,7 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
 class PostgresStore(Store):
     """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    __slots__ = ("_pool", "kv", "schema", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_pool", "kv", "runs", "schema", "templates", "tenants", "timers", "tokens")
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
         self._pool = pool
@@ -215,6 +237,7 @@ class PostgresStore(Store):
         self.tenants = PostgresTenantStateStore(pool)
         self.tokens = PostgresTokenStore(pool)
         self.timers = PostgresTimerStore(pool)
+        self.runs = PostgresRunStore(pool)
 
     @classmethod
     async def open_url(cls, database_url: str) -> PostgresStore:
@@ -597,3 +620,60 @@ class PostgresTimerStore(_Component, TimerStore):
 
     async def retry_scheduled(self, event_id: int, due_at: float) -> bool:
         return bool(await self._pool.execute(_EVENT_RETRY, event_id, due_at) != "UPDATE 0")
+
+
+# -- runs --------------------------------------------------------------------------------------
+class PostgresRunStore(_Component, RunStore):
+    __slots__ = ()
+
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        if effects.empty:
+            return RunCommit()
+        if limits.max_emits is not None:
+            check_emits(len(effects.emits), limits.max_emits)
+
+        async def body(conn: _Connection) -> RunCommit:
+            return await _commit_run(conn, tenant, effects, now, limits)
+
+        return await _retrying(self._pool, body)
+
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        rows = await self._pool.fetch(_OUTBOX_SHARD, after, shard[1], shard[0], limit)
+        return [outbox_event(row[:]) for row in rows]
+
+    async def delivered(self, outbox_id: int) -> bool:
+        return bool(await self._pool.execute(_OUTBOX_DELETE, outbox_id) != "DELETE 0")
+
+
+async def _commit_run(
+    conn: _Connection, tenant: TenantId, effects: RunEffects, now: float, limits: RunLimits,
+) -> RunCommit:
+    kind, tenant_id = tenant.kind, tenant.id
+    results = await _kv_apply(conn, tenant, effects.writes, now, limits.max_keys) \
+        if effects.writes else []
+    scheduled: list[ScheduledEvent] = []
+    if effects.events:
+        await conn.execute(_EVENT_LOCK, _EVENT_LOCK_CLASS, str(tenant))
+    for op in effects.events:
+        if isinstance(op, RunCancel):
+            await conn.execute(_EVENT_CANCEL, kind, tenant_id, op.key)
+            continue
+        if op.key is not None:
+            await conn.execute(_EVENT_CANCEL, kind, tenant_id, op.key)
+        if limits.max_pending is not None:
+            check_pending(int(await conn.fetchval(_EVENT_COUNT, kind, tenant_id)),
+                          limits.max_pending)
+        event_id = int(await conn.fetchval(
+            _EVENT_INSERT, kind, tenant_id, op.key, op.name, dumps_json(op.data), op.due_at, now))
+        scheduled.append(ScheduledEvent(event_id, tenant, op.key, op.name, op.data, op.due_at,
+                                        0, now))
+    outbox: list[OutboxEvent] = []
+    for emit in effects.emits:
+        outbox_id = int(await conn.fetchval(
+            _OUTBOX_INSERT, kind, tenant_id, emit.name, dumps_json(emit.data), emit.author,
+            emit.event_id, now))
+        outbox.append(OutboxEvent(outbox_id, tenant, emit.name, emit.data, emit.author,
+                                  emit.event_id, now))
+    return RunCommit(tuple(results), tuple(scheduled), tuple(outbox))

@@ -21,10 +21,12 @@ from typing import Any
 from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
+    check_emits,
     check_pending,
     check_template_count,
     merge_flags,
     new_token,
+    outbox_event,
     scheduled_event,
     template_from_row,
     tenant_state,
@@ -39,6 +41,12 @@ from moonshard.store.api import (
     KVResult,
     KVStore,
     KVWrite,
+    OutboxEvent,
+    RunCancel,
+    RunCommit,
+    RunEffects,
+    RunLimits,
+    RunStore,
     ScheduledCursor,
     ScheduledEvent,
     Shard,
@@ -166,11 +174,22 @@ _RESUME_TENANTS = (
 _EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = ?"
 _EVENT_RETRY = "UPDATE scheduled_events SET due_at = ?, attempt = attempt + 1 WHERE id = ?"
 
+# -- the outbox --------------------------------------------------------------------------------
+_OUTBOX_FIELDS = "id, tenant_kind, tenant_id, name, data, author, event_id, created_at"
+_OUTBOX_INSERT = (
+    "INSERT INTO event_outbox (tenant_kind, tenant_id, name, data, author, event_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_OUTBOX_SHARD = (
+    f"SELECT {_OUTBOX_FIELDS} FROM event_outbox WHERE id > ?"
+    " AND ((CAST(tenant_id AS INTEGER) >> 22) % ?) = ? ORDER BY id LIMIT ?")
+_OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
+
 
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "path", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_reader", "_writer", "kv", "path", "runs", "templates", "tenants", "timers",
+                 "tokens")
 
     def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
         self.path = path
@@ -181,6 +200,7 @@ class SqliteStore(Store):
         self.tenants = SqliteTenantStateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
+        self.runs = SqliteRunStore(writer, reader)
 
     @classmethod
     async def open(
@@ -686,3 +706,62 @@ def _remove_scheduled(conn: sqlite3.Connection, event_id: int) -> bool:
 
 def _retry_scheduled(conn: sqlite3.Connection, event_id: int, due_at: float) -> bool:
     return conn.execute(_EVENT_RETRY, (due_at, event_id)).rowcount > 0
+
+
+# -- runs --------------------------------------------------------------------------------------
+class SqliteRunStore(_Component, RunStore):
+    __slots__ = ()
+
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        if effects.empty:
+            return RunCommit()
+        return await self._writer.transact(_commit_run, tenant, effects, now, limits)
+
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        return await self._reader.run(_outbox, shard, limit, after)
+
+    async def delivered(self, outbox_id: int) -> bool:
+        return await self._writer.transact(_outbox_delete, outbox_id)
+
+
+def _commit_run(
+    conn: sqlite3.Connection, tenant: TenantId, effects: RunEffects, now: float,
+    limits: RunLimits,
+) -> RunCommit:
+    """Inside the writer's BEGIN IMMEDIATE: a limit error here rolls all of it back."""
+    if limits.max_emits is not None:
+        check_emits(len(effects.emits), limits.max_emits)
+    results = _kv_apply(conn, tenant, effects.writes, now, limits.max_keys) \
+        if effects.writes else []
+    scheduled: list[ScheduledEvent] = []
+    for op in effects.events:
+        if isinstance(op, RunCancel):
+            _cancel(conn, tenant, op.key)
+            continue
+        data = dumps_json(op.data)
+        event_id = _schedule(conn, tenant, op.key, op.name, data, op.due_at,
+                             limits.max_pending, now)
+        scheduled.append(ScheduledEvent(event_id, tenant, op.key, op.name, op.data, op.due_at,
+                                        0, now))
+    outbox: list[OutboxEvent] = []
+    for emit in effects.emits:
+        cursor = conn.execute(_OUTBOX_INSERT, (
+            tenant.kind, tenant.id, emit.name, dumps_json(emit.data), emit.author,
+            emit.event_id, now))
+        assert cursor.lastrowid is not None
+        outbox.append(OutboxEvent(cursor.lastrowid, tenant, emit.name, emit.data, emit.author,
+                                  emit.event_id, now))
+    return RunCommit(tuple(results), tuple(scheduled), tuple(outbox))
+
+
+def _outbox(
+    conn: sqlite3.Connection, shard: Shard, limit: int, after: int,
+) -> list[OutboxEvent]:
+    rows = conn.execute(_OUTBOX_SHARD, (after, shard[1], shard[0], limit)).fetchall()
+    return [outbox_event(row) for row in rows]
+
+
+def _outbox_delete(conn: sqlite3.Connection, outbox_id: int) -> bool:
+    return conn.execute(_OUTBOX_DELETE, (outbox_id,)).rowcount > 0
