@@ -156,7 +156,8 @@ class Engine:
             WorkerConfig(index, database_url, limits, lua_threads=lua_threads,
                          idle_seconds=idle_seconds, max_resident_vms=max_resident_vms,
                          mailbox_size=mailbox_size, workers=count,
-                         quarantine_seconds=quarantine.cool_down_seconds, timers=timers or TimerConfig())
+                         quarantine_seconds=quarantine.cool_down_seconds,
+                         timers=timers or TimerConfig())
             for index in range(count)
         ]
         # The engine's store also applies migrations before any worker opens the database.

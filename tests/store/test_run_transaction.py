@@ -100,7 +100,9 @@ class LogWatch:
 async def eventually(check: Callable[[], object], what: str) -> None:
     """Polls an async condition (no timing is asserted: 60 s is only a hang guard)."""
     async def poll() -> None:
-        while not await check():  # type: ignore[misc]
+        while True:
+            if await check():  # type: ignore[misc]
+                return
             await asyncio.sleep(0.05)
     try:
         await asyncio.wait_for(poll(), 60)
