@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType, TracebackType
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from moonshard.values import JsonValue
@@ -43,8 +43,6 @@ __all__ = [
     "Shard",
     "Store",
     "TemplateStore",
-    "TenantState",
-    "TenantStateStore",
     "TimerStore",
     "TokenInfo",
     "TokenStore",
@@ -205,48 +203,6 @@ class TemplateStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         """Removes one template and bumps the version; None when it did not exist."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TenantState:
-    """What the host remembers about a tenant besides its data: flags and limit overrides.
-
-    ``flags`` are free-form (for example ``quarantined_until``); ``limit_overrides`` map
-    ``moonshard.limits.Limits`` field names to values for this tenant.
-    """
-
-    flags: Mapping[str, JsonValue] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({}))
-    limit_overrides: Mapping[str, JsonValue] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({}))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
-        object.__setattr__(self, "limit_overrides", MappingProxyType(dict(self.limit_overrides)))
-
-
-class TenantStateStore(abc.ABC):
-    """Per-tenant flags and limit overrides. A tenant never seen has empty ones."""
-
-    @abc.abstractmethod
-    async def get(self, tenant: TenantId) -> TenantState:
-        ...
-
-    @abc.abstractmethod
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        """Replaces every flag of the tenant."""
-
-    @abc.abstractmethod
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        """Merges ``changes`` into the flags atomically; a None value removes that flag."""
-
-    @abc.abstractmethod
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        """Replaces the tenant's limit overrides."""
 
 
 def hash_token(token: str) -> str:
@@ -530,7 +486,6 @@ class Store(abc.ABC):
 
     kv: KVStore
     templates: TemplateStore
-    tenants: TenantStateStore
     tokens: TokenStore
     timers: TimerStore
     runs: RunStore

@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -25,12 +25,10 @@ from moonshard.store._common import (
     check_emits,
     check_pending,
     check_template_count,
-    merge_flags,
     new_token,
     outbox_event,
     scheduled_event,
     template_from_row,
-    tenant_state,
     token_info,
 )
 from moonshard.store.api import (
@@ -52,8 +50,6 @@ from moonshard.store.api import (
     Shard,
     Store,
     TemplateStore,
-    TenantState,
-    TenantStateStore,
     TimerStore,
     TokenInfo,
     TokenStore,
@@ -156,19 +152,6 @@ _SET_LOCK = (
     " VALUES ($1, $2, 0, $3) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
     " SET version = template_sets.version RETURNING version")
 
-# -- tenant state ------------------------------------------------------------------------------
-_STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT}"
-_STATE_LOCK = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT} FOR UPDATE"
-_STATE_SET_FLAGS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, flags, updated_at) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (tenant_kind, tenant_id) DO UPDATE SET flags = EXCLUDED.flags,"
-    " updated_at = EXCLUDED.updated_at RETURNING flags, limit_overrides")
-_STATE_SET_LIMITS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, limit_overrides, updated_at)"
-    " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
-    " SET limit_overrides = EXCLUDED.limit_overrides, updated_at = EXCLUDED.updated_at"
-    " RETURNING flags, limit_overrides")
-
 # -- tokens ------------------------------------------------------------------------------------
 _TOKEN_INSERT = (
     "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at)"
@@ -227,14 +210,13 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
 class PostgresStore(Store):
     """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    __slots__ = ("_pool", "kv", "runs", "schema", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_pool", "kv", "runs", "schema", "templates", "timers", "tokens")
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
         self._pool = pool
         self.schema = schema
         self.kv = PostgresKVStore(pool)
         self.templates = PostgresTemplateStore(pool)
-        self.tenants = PostgresTenantStateStore(pool)
         self.tokens = PostgresTokenStore(pool)
         self.timers = PostgresTimerStore(pool)
         self.runs = PostgresRunStore(pool)
@@ -467,42 +449,6 @@ async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:
     rows = await conn.fetch(_TEMPLATES, tenant.kind, tenant.id)
     return TemplateSet(tenant, int(version or 0),
                        tuple(template_from_row(*tuple(row)) for row in rows))
-
-
-# -- tenant state ------------------------------------------------------------------------------
-class PostgresTenantStateStore(_Component, TenantStateStore):
-    __slots__ = ()
-
-    async def get(self, tenant: TenantId) -> TenantState:
-        row = await self._pool.fetchrow(_STATE_GET, tenant.kind, tenant.id)
-        return TenantState() if row is None else tenant_state(row[0], row[1])
-
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        return await self._write(_STATE_SET_FLAGS, tenant, dict(flags))
-
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        async def body(conn: _Connection) -> TenantState:
-            row = await conn.fetchrow(_STATE_LOCK, tenant.kind, tenant.id)
-            current = TenantState() if row is None else tenant_state(row[0], row[1])
-            merged = merge_flags(current.flags, changes)
-            written = await conn.fetchrow(
-                _STATE_SET_FLAGS, tenant.kind, tenant.id, dumps_json(merged), time.time())
-            assert written is not None  # an upsert with RETURNING gives its row
-            return tenant_state(written[0], written[1])
-
-        return await _retrying(self._pool, body)
-
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._write(_STATE_SET_LIMITS, tenant, dict(overrides))
-
-    async def _write(self, sql: str, tenant: TenantId, value: dict[str, JsonValue]) -> TenantState:
-        row = await self._pool.fetchrow(sql, tenant.kind, tenant.id, dumps_json(value), time.time())
-        assert row is not None  # an upsert with RETURNING gives its row
-        return tenant_state(row[0], row[1])
 
 
 # -- tokens ------------------------------------------------------------------------------------

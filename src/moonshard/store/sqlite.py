@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,10 @@ from moonshard.store._common import (
     check_emits,
     check_pending,
     check_template_count,
-    merge_flags,
     new_token,
     outbox_event,
     scheduled_event,
     template_from_row,
-    tenant_state,
     token_info,
 )
 from moonshard.store._sqlitethread import ConnectionThreads
@@ -52,8 +50,6 @@ from moonshard.store.api import (
     Shard,
     Store,
     TemplateStore,
-    TenantState,
-    TenantStateStore,
     TimerStore,
     TokenInfo,
     TokenStore,
@@ -134,18 +130,6 @@ _TEMPLATE_PUT = (
     " updated_at = excluded.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_KV_TENANT} AND name = ?"
 
-# -- tenant state ------------------------------------------------------------------------------
-_STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_KV_TENANT}"
-_STATE_SET_FLAGS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, flags, updated_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (tenant_kind, tenant_id) DO UPDATE SET flags = excluded.flags,"
-    " updated_at = excluded.updated_at RETURNING flags, limit_overrides")
-_STATE_SET_LIMITS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, limit_overrides, updated_at)"
-    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
-    " SET limit_overrides = excluded.limit_overrides, updated_at = excluded.updated_at"
-    " RETURNING flags, limit_overrides")
-
 # -- tokens ------------------------------------------------------------------------------------
 _TOKEN_INSERT = (
     "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at) VALUES (?, ?, ?, ?)"
@@ -188,8 +172,7 @@ _OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "path", "runs", "templates", "tenants", "timers",
-                 "tokens")
+    __slots__ = ("_reader", "_writer", "kv", "path", "runs", "templates", "timers", "tokens")
 
     def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
         self.path = path
@@ -197,7 +180,6 @@ class SqliteStore(Store):
         self._reader = reader
         self.kv = SqliteKVStore(writer, reader)
         self.templates = SqliteTemplateStore(writer, reader)
-        self.tenants = SqliteTenantStateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
         self.runs = SqliteRunStore(writer, reader)
@@ -478,47 +460,6 @@ def _delete_template(
         return None
     conn.execute(_SET_BUMP, (*params, now)).fetchall()
     return _read_set(conn, tenant)
-
-
-# -- tenant state ------------------------------------------------------------------------------
-class SqliteTenantStateStore(_Component, TenantStateStore):
-    __slots__ = ()
-
-    async def get(self, tenant: TenantId) -> TenantState:
-        return await self._reader.run(_state_get, tenant)
-
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        return await self._writer.transact(_state_write, _STATE_SET_FLAGS, tenant, dict(flags))
-
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._writer.transact(_state_update_flags, tenant, dict(changes))
-
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._writer.transact(
-            _state_write, _STATE_SET_LIMITS, tenant, dict(overrides))
-
-
-def _state_get(conn: sqlite3.Connection, tenant: TenantId) -> TenantState:
-    row = conn.execute(_STATE_GET, (tenant.kind, tenant.id)).fetchone()
-    return TenantState() if row is None else tenant_state(row[0], row[1])
-
-
-def _state_write(
-    conn: sqlite3.Connection, sql: str, tenant: TenantId, value: dict[str, JsonValue],
-) -> TenantState:
-    row = conn.execute(sql, (tenant.kind, tenant.id, dumps_json(value), time.time())).fetchall()
-    return tenant_state(row[0][0], row[0][1])
-
-
-def _state_update_flags(
-    conn: sqlite3.Connection, tenant: TenantId, changes: dict[str, JsonValue],
-) -> TenantState:
-    merged = merge_flags(_state_get(conn, tenant).flags, changes)
-    return _state_write(conn, _STATE_SET_FLAGS, tenant, merged)
 
 
 # -- tokens ------------------------------------------------------------------------------------
