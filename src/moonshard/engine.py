@@ -33,10 +33,12 @@ from moonshard.contracts.worker import (
     Reload,
     Status,
     TenantLog,
+    TenantStatus,
     TimerConfig,
     Validate,
     ValidateReply,
     WorkerConfig,
+    reply_as,
 )
 from moonshard.errors import MoonshardError, Overloaded
 from moonshard.events import Event, HandlerResult
@@ -89,8 +91,8 @@ class TemplatesAPI:
                   paused: bool = False) -> Template:
         """Validates, stores and swaps in a template; raises TemplateError or LimitExceeded."""
         check_template_shape(name, files, self._limits)
-        checked = await self._pool.request(tenant, Validate(tenant, name, dict(files)))
-        assert isinstance(checked, ValidateReply)
+        checked = reply_as(await self._pool.request(tenant, Validate(tenant, name, dict(files))),
+                           ValidateReply)
         template = Template(name, files, checked.events, paused=paused,
                             updated_at=time.time())
         # The store checks the template count in the transaction that adds it.
@@ -187,13 +189,13 @@ class Engine:
     async def _dispatch(self, tenant: TenantId, event: Event) -> DispatchReply:
         started = time.monotonic()
         try:
-            reply = await self.pool.request(tenant, Dispatch(tenant, event))
+            reply = reply_as(await self.pool.request(tenant, Dispatch(tenant, event)),
+                             DispatchReply)
         except BaseException as error:
             if self._observer is not None:
                 self._observer.dispatch_finished(tenant, event, None, error,
                                                  time.monotonic() - started)
             raise
-        assert isinstance(reply, DispatchReply)
         if self._observer is not None:
             self._observer.dispatch_finished(tenant, event, reply, None,
                                              time.monotonic() - started)
@@ -273,11 +275,19 @@ class Engine:
 
     async def tenant_status(self, tenant: TenantId) -> dict[str, Any]:
         """Whether the tenant's VM is resident on its worker, its memory, its queue."""
-        reply = await self.pool.request(tenant, Status(tenant))
+        reply = reply_as(await self.pool.request(tenant, Status(tenant)), TenantStatus)
         return msgspec.structs.asdict(reply)
 
     async def status(self) -> list[dict[str, Any]]:
         return await self.pool.status()
+
+    def worker_health(self, tenant: TenantId) -> dict[str, Any]:
+        """The health of the worker slot the tenant is routed to (without asking it)."""
+        return self.pool.worker_for(tenant).health()
+
+    def quarantined_until(self, tenant: TenantId) -> float | None:
+        """When the tenant's quarantine (after crashing workers) ends; None when it is not."""
+        return self.pool.quarantine.quarantined().get(str(tenant))
 
 
 def _author_of(data: object) -> str | None:

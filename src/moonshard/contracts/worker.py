@@ -16,11 +16,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import msgspec
 
 from moonshard.contracts.timers import TimerRef
+from moonshard.errors import WorkerCrashed
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.tenants import TenantId
@@ -46,6 +47,7 @@ __all__ = [
     "WorkerConfig",
     "WorkerHandle",
     "WorkerStatus",
+    "reply_as",
 ]
 
 TenantLog = Callable[[TenantId, str, str, str], None]
@@ -156,6 +158,17 @@ class WorkerStatus(msgspec.Struct, frozen=True, tag=True):
 
 
 Reply: TypeAlias = DispatchReply | ReloadReply | ValidateReply | Ack | TenantStatus | WorkerStatus
+
+_R = TypeVar("_R", DispatchReply, ReloadReply, ValidateReply, Ack, TenantStatus, WorkerStatus)
+
+
+def reply_as(reply: Reply, kind: type[_R]) -> _R:
+    """``reply`` as the type its request names; a worker that answered something else is a
+    broken worker (``WorkerCrashed``), never a value passed on unchecked."""
+    if not isinstance(reply, kind):
+        raise WorkerCrashed(f"the worker answered {type(reply).__name__} where "
+                            f"{kind.__name__} was due")
+    return reply
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -130,11 +130,13 @@ class WorkerCore:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
+                    # Before any request: a run committed from now on hands its own emitted
+                    # events on, so what is read here is exactly what no one else delivers.
+                    await self._deliver_outbox()
                     self._ready.set()
                     tasks.create_task(self._evict_idle_forever())
                     tasks.create_task(self.timers.run())
                     tasks.create_task(self._warm_up())
-                    tasks.create_task(self._deliver_outbox())
                     await self._stopped.wait()
                     raise _Stopped
             except* _Stopped:
