@@ -15,6 +15,7 @@ from moonshard import Engine, Event, TenantId
 from moonshard.errors import Overloaded, TemplateError, TenantQuarantined, WorkerCrashed
 from moonshard.limits import Limits
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
+from tests.support import database_urls
 
 # With two workers, guild:1 and guild:2 share worker 0 ((id >> 22) % 2 == 0).
 A, B = TenantId.guild(1), TenantId.guild(2)
@@ -45,9 +46,45 @@ def topology(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def database(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'engine.db'}"
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async for url in database_urls(str(request.param), tmp_path):
+        yield url
+
+
+class WriteLock:
+    """Another connection holding what A's commit of key "k" needs: SQLite's write lock, or
+    on PostgreSQL an uncommitted row of that key (the commit waits on its primary key)."""
+
+    def __init__(self, database: str) -> None:
+        self._database = database
+        self._sqlite: Any = None
+        self._postgres: Any = None
+
+    async def take(self) -> None:
+        if self._database.startswith("sqlite"):
+            import sqlite3
+
+            self._sqlite = sqlite3.connect(self._database.removeprefix("sqlite:///"),
+                                           isolation_level=None)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+            return
+        import asyncpg
+
+        url, _, schema = self._database.partition("?schema=")
+        self._postgres = await asyncpg.connect(url, server_settings={"search_path": schema})
+        await self._postgres.execute("BEGIN")
+        await self._postgres.execute(
+            "INSERT INTO kv (tenant_kind, tenant_id, scope, key, value, version, created_at,"
+            " updated_at) VALUES ('guild', '1', 'default', 'k', '0', 1, 0, 0)")
+
+    async def release(self) -> None:
+        if self._sqlite is not None:
+            self._sqlite.execute("COMMIT")
+            self._sqlite.close()
+        if self._postgres is not None:
+            await self._postgres.execute("ROLLBACK")
+            await self._postgres.close()
 
 
 @pytest.fixture
@@ -107,14 +144,12 @@ async def test_a_spinning_tenant_does_not_hold_up_another_on_its_worker(engine: 
 async def test_a_tenant_waiting_on_io_does_not_block_another(
     engine: Engine, database: str,
 ) -> None:
-    import sqlite3
-
     await engine.templates.put(A, "writer", {"init.lua": """
         return {WRITE = function(ctx) ctx.kv.set("k", 1); return "written" end}"""})
     await engine.templates.put(B, "counter", {"init.lua": COUNTER})
-    # Another connection holds SQLite's write lock: A's commit waits on real I/O.
-    blocker = sqlite3.connect(database.removeprefix("sqlite:///"), isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    # Another connection holds what A's commit needs: it waits on real I/O.
+    blocker = WriteLock(database)
+    await blocker.take()
     finished: list[str] = []
 
     async def run(tenant: TenantId, name: str) -> None:
@@ -125,8 +160,7 @@ async def test_a_tenant_waiting_on_io_does_not_block_another(
     await asyncio.sleep(0.3)
     await run(B, "NOTHING")
     assert finished == ["NOTHING"]
-    blocker.execute("COMMIT")
-    blocker.close()
+    await blocker.release()
     await writer
     assert finished == ["NOTHING", "WRITE"]
 
