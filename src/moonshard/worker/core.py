@@ -11,14 +11,12 @@ transaction), ``timers.delivery`` (firing timers), and this router, which owns t
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from moonshard.contracts.timers import Cursor, TimerRef
+from moonshard.contracts.timers import TimerRef
 from moonshard.contracts.worker import (
     Ack,
     Arm,
@@ -40,11 +38,11 @@ from moonshard.contracts.worker import (
 from moonshard.errors import Overloaded, TenantQuarantined, WorkerUnavailable
 from moonshard.host.runner import HandlerRunner
 from moonshard.sandbox.loading import validate_template
-from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.store.api import KVRecord, OutboxEvent, RunCommit, Store
 from moonshard.tenants import TenantId
 from moonshard.timers.delivery import TimerDelivery
 from moonshard.timers.service import TimerService
+from moonshard.timers.sources import stored_timers
 from moonshard.worker.actor import (
     ActorServices,
     Deliver,
@@ -54,17 +52,16 @@ from moonshard.worker.actor import (
     WarmUp,
     no_subscriber,
 )
+from moonshard.worker.steps import LuaSteps, OnStuck
 from moonshard.worker.vmcache import VMCachePolicy
 
-__all__ = ["WorkerCore"]
+__all__ = ["OnStuck", "WorkerCore"]
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 # Outbox rows read per page when a worker starts (they are delivered in that order).
 _OUTBOX_PAGE = 1000
 
-OnStuck = Callable[[float, TenantId | None, str], None]
-"""Told, on the watchdog's thread, that a Lua call of ``tenant`` is stuck past the hard limit."""
 
 
 class WorkerCore:
@@ -82,21 +79,16 @@ class WorkerCore:
         self._tasks: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            config.lua_threads, thread_name_prefix=f"moonshard-lua-{config.index}")
-        self._watchdog = StepWatchdog(config.limits.hard_wall_seconds, self._stuck)
-        # Which tenant each running step belongs to, by its watchdog label.
-        self._step_labels: dict[str, TenantId] = {}
-        self._step_ids = itertools.count()
+        self._steps = LuaSteps(config.index, config.lua_threads,
+                               config.limits.hard_wall_seconds, self._stuck)
         # Tenants abandoned after a stuck call (thread topology), until when.
         self._quarantined: dict[TenantId, float] = {}
         self.quarantine_seconds = config.quarantine_seconds
         self._abandoned = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = VMCachePolicy(config.max_resident_vms, config.idle_seconds)
-        self.timers = TimerService(
-            {"expiry": self._page_source("expiry"), "scheduled": self._page_source("scheduled")},
-            self._fire_through_mailbox, config.timers)
+        self.timers = TimerService(stored_timers(store.timers, config.shard),
+                                   self._fire_through_mailbox, config.timers)
         self._delivery = TimerDelivery(store, self.timers, log)
         self._runner = HandlerRunner(store, config.limits, log, on_commit=self._committed)
         self._services = ActorServices(
@@ -105,28 +97,11 @@ class WorkerCore:
             make_room=lambda: self.cache.make_room(self._actors.values()),
             fire_timer=self._delivery.fire, dequeued=self._dequeued)
 
-    def _page_source(self, kind: str) -> Callable[[Cursor, float, int], Any]:
-        """Reads this worker's share of the stored timers of ``kind``, a page at a time."""
-        timers, shard = self._store.timers, self.config.shard
-
-        async def expiries(after: Cursor, end: float, limit: int) -> list[TimerRef]:
-            rows = await timers.expiries_after(after, end, limit, shard=shard)
-            return [TimerRef("expiry", record.expires_at or 0.0, tenant, record.scope,
-                             record.key, record.version) for tenant, record in rows]
-
-        async def scheduled(after: Cursor, end: float, limit: int) -> list[TimerRef]:
-            last_id = int(after[4]) if after[4] else 0
-            events = await timers.scheduled_after((after[0], last_id), end, limit, shard=shard)
-            return [TimerRef("scheduled", event.due_at, event.tenant, "", str(event.id),
-                             event.id) for event in events]
-
-        return expiries if kind == "expiry" else scheduled
-
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Runs until ``Stop`` is handled; every task it starts ends before it returns."""
         self._loop = asyncio.get_running_loop()
-        with self._watchdog:
+        with self._steps:
             try:
                 async with asyncio.TaskGroup() as tasks:
                     self._tasks = tasks
@@ -143,7 +118,8 @@ class WorkerCore:
                 pass
             finally:
                 self._tasks = None
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                # A stuck call of an abandoned tenant would hold the stop until it returns.
+                self._steps.shutdown(wait=not self._abandoned)
 
     async def handle(self, request: Request, on_start: Callable[[], None] | None = None) -> Reply:
         """Handles one request; ``on_start`` is called when a dispatch begins to run."""
@@ -177,17 +153,7 @@ class WorkerCore:
 
     async def _validate(self, request: Validate) -> ValidateReply:
         """Raises TemplateError or LimitExceeded; else gives the subscriptions."""
-        loop = asyncio.get_running_loop()
-        label = f"{request.tenant} (validating {request.name}) #{next(self._step_ids)}"
-
-        async def run_step(step: Callable[[], _T]) -> _T:
-            self._step_labels[label] = request.tenant
-            try:
-                return await loop.run_in_executor(self._executor, self._watchdog.watch, step,
-                                                  label)
-            finally:
-                self._step_labels.pop(label, None)
-
+        run_step = self._steps.runner(request.tenant, f"(validating {request.name})")
         template = await validate_template(request.tenant, request.name, request.files,
                                            self.config.limits, run_step)
         return ValidateReply(tuple(template.events))
@@ -317,30 +283,11 @@ class WorkerCore:
 
     # -- Lua steps, and stuck ones ---------------------------------------------------------
     def _step_runner(self, actor: TenantActor, what: str) -> Callable[[Callable[[], _T]], Any]:
-        loop = asyncio.get_running_loop()
-        hard_limit = self.config.limits.hard_wall_seconds
-        labels, tenant = self._step_labels, actor.tenant
+        return self._steps.runner(actor.tenant, what, lambda: actor.vm)
 
-        async def run_step(step: Callable[[], _T]) -> _T:
-            label = f"{tenant} {what} #{next(self._step_ids)}"
-            labels[label] = tenant
-            started = time.monotonic()
-            try:
-                result = await loop.run_in_executor(self._executor, self._watchdog.watch, step,
-                                                    label)
-            finally:
-                labels.pop(label, None)
-            if time.monotonic() - started > hard_limit and actor.vm is not None:
-                # Only reached where the process could not be ended (the thread topology).
-                actor.vm.broken = "wall"
-            return result
-
-        return run_step
-
-    def _stuck(self, seconds: float, label: str) -> None:
+    def _stuck(self, seconds: float, tenant: TenantId | None, label: str) -> None:
         """On the watchdog's thread: the owner ends the process (``on_stuck``); where it
         cannot (a thread), the tenant is abandoned."""
-        tenant = self._step_labels.get(label)
         _log.error("worker %s: %s stuck in one Lua call for %.1f s", self.config.index, label,
                    seconds)
         if self._on_stuck is not None:
