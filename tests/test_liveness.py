@@ -74,17 +74,21 @@ asyncio.run(main())
 async def test_no_secret_on_a_command_line_and_workers_end_with_their_parent(
         secret_postgres_url: str) -> None:
     # The URL reaches the parent through its environment, as MOONSHARD_DATABASE_URL would.
+    workers: list[int] = []
     parent = subprocess.Popen(  # noqa: ASYNC220 - started once, then only polled
         [sys.executable, "-c", PARENT], stdout=subprocess.PIPE,
         env={**os.environ, "TEST_DATABASE_URL": secret_postgres_url})
     try:
         assert parent.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 60)
-        workers = [int(pid) for pid in line.split()]
+        workers.extend(int(pid) for pid in line.split())
         assert len(workers) == 2
         assert sorted(children_of(parent.pid)) == sorted(workers)
         leaks = {pid: line for pid, line in command_lines().items() if SECRET in line}
         assert leaks == {}
+        # A stopped worker cannot read the end of its socket: only the kernel's parent-death
+        # signal can end it.
+        os.kill(workers[0], signal.SIGSTOP)
         parent.kill()  # SIGKILL: the parent cannot tell its workers anything
         parent.wait()
         await until(lambda: not any(alive(pid) for pid in workers),
@@ -93,3 +97,6 @@ async def test_no_secret_on_a_command_line_and_workers_end_with_their_parent(
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -178,6 +178,8 @@ _EVENT_AFTER_SHARD = _EVENT_AFTER.replace(
     " ORDER BY", " AND ((tenant_id::bigint >> 22) % $5) = $6 ORDER BY")
 _EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = $1"
 _EVENT_RETRY = "UPDATE scheduled_events SET due_at = $2, attempt = attempt + 1 WHERE id = $1"
+_KEYS_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+_KEYS_LOCK_CLASS = 0x6D6F6F6B
 # Serialises the scheduling runs of one tenant, so the pending count checked is the one
 # committed (READ COMMITTED alone would let two runs each see room for one more).
 _EVENT_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
@@ -382,6 +384,9 @@ async def _kv_apply(
     plan = kvlogic.plan_writes(writes, rows, now)
     if max_keys is not None and plan.live_delta > 0 and kvlogic.needs_live_count(
             plan, max_keys, int(await conn.fetchval(_KV_ROWS, kind, tenant_id) or 0)):
+        # Near the limit, writers of one tenant count one at a time: each sees what the
+        # previous one committed, so two cannot both take the last free key.
+        await conn.execute(_KEYS_LOCK, _KEYS_LOCK_CLASS, str(tenant))
         live = int(await conn.fetchval(_KV_COUNT_ALL, kind, tenant_id, now))
         kvlogic.check_key_limit(plan.live_delta, max_keys, live)
     for scope, key in plan.deletes:
