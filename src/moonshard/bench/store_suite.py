@@ -4,8 +4,9 @@ From Lua means the real path of a worker: a tenant VM runs a handler that calls
 ``ctx.kv.get`` (or ``ctx.kv.set``), each call a host request answered by a ``KVSession``, Lua
 steps run on a thread pool as a worker runs them, and the run's writes committed by the
 ``HandlerRunner`` (one ``commit_run`` transaction). Its baseline is the raw store call
-(``KVStore.get``, ``KVStore.apply`` of one ``KVSet``) at the same concurrency, in the same run. The store engineer's
-``store_bench`` (``KVSession`` from Python, beside plain ``sqlite3``) is reported too.
+(``KVStore.get``, ``KVStore.apply`` of one ``KVSet``) at the same concurrency, in the same run.
+The store engineer's ``store_bench`` (``KVSession`` from Python, beside plain ``sqlite3``) is
+reported too.
 
 Every figure is per process. No rate limit applies: the default ``kv`` rate (5,000 per second
 per tenant) would otherwise cap one tenant's reads.
