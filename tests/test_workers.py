@@ -397,3 +397,24 @@ async def test_thread_topology_abandons_a_tenant_stuck_past_the_hard_limit(
                 break
             except TenantQuarantined:
                 await asyncio.sleep(0.2)
+
+
+async def test_the_least_recently_used_idle_vm_goes_past_the_cap(
+        topology: str, database: str) -> None:
+    tenants = [TenantId.guild(n) for n in (1, 2, 3)]
+    async with Engine.open(database, topology=topology, workers=1,  # type: ignore[arg-type]
+                           max_resident_vms=2) as engine:
+        for tenant in tenants:
+            await engine.templates.put(tenant, "counter", {"init.lua": COUNTER})
+        first, second, third = tenants
+        for tenant in tenants:
+            assert (await engine.dispatch(tenant, Event("NOTHING")))[0].ok
+
+        async def resident() -> list[bool]:
+            return [(await engine.tenant_status(tenant))["resident"] for tenant in tenants]
+
+        assert await resident() == [False, True, True]  # the first was used least recently
+        assert (await engine.dispatch(first, Event("COUNT", {"i": 1})))[0].value == {
+            "n": 1, "i": 1}  # rebuilt: its Lua globals start over
+        assert await resident() == [True, False, True]
+        assert (await engine.status())[0]["resident_vms"] == 2
