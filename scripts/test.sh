@@ -8,4 +8,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/ruff check src tests
 .venv/bin/mypy
+# The layer rules of docs/ARCHITECTURE.md (pyproject.toml [tool.importlinter]).
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"

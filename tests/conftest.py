@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
+from moonshard.contracts.sandbox import Capability
 from moonshard.events import Event, HandlerResult
-from moonshard.host.api import Capability
 from moonshard.limits import Limits
 from moonshard.sandbox import TenantVM, drive, run_inline
 from moonshard.sandbox.loading import load_template

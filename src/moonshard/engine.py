@@ -23,21 +23,36 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from moonshard.errors import LimitExceeded, MoonshardError, Overloaded
+import msgspec
+
+from moonshard.contracts.timers import TimerRef
+from moonshard.contracts.worker import (
+    Arm,
+    Dispatch,
+    DispatchReply,
+    Reload,
+    Status,
+    TenantLog,
+    TenantStatus,
+    TimerConfig,
+    Validate,
+    ValidateReply,
+    WorkerConfig,
+    reply_as,
+)
+from moonshard.errors import MoonshardError, Overloaded
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.observer import DispatchObserver
 from moonshard.routing import route_gateway
 from moonshard.store import open_store
-from moonshard.store.api import KVRecord, Store, TimerRef
+from moonshard.store.api import KVRecord, Store
 from moonshard.templates import Template, check_template_shape
 from moonshard.tenants import TenantId
-from moonshard.timers.service import TimerConfig
 from moonshard.topology.pool import Topology, WorkerPool
+from moonshard.topology.process import Liveness
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
 from moonshard.values import JsonValue
-from moonshard.worker.core import DispatchReply, TenantLog, WorkerConfig
-from moonshard.worker.messages import Arm, Dispatch, Reload, Status, Validate
 
 __all__ = ["DEFAULT_DATABASE_URL", "Engine", "GatewayOutcome", "TemplatesAPI"]
 
@@ -76,16 +91,13 @@ class TemplatesAPI:
                   paused: bool = False) -> Template:
         """Validates, stores and swaps in a template; raises TemplateError or LimitExceeded."""
         check_template_shape(name, files, self._limits)
-        current = await self._store.templates.load_set(tenant)
-        if current.get(name) is None and len(current.templates) >= \
-                self._limits.templates_per_tenant:
-            raise LimitExceeded("template.count", f"tenant {tenant} already has "
-                                f"{len(current.templates)} templates; the limit is "
-                                f"{self._limits.templates_per_tenant}")
-        checked = await self._pool.request(tenant, Validate(tenant, name, dict(files)))
-        template = Template(name, files, tuple(checked["events"]), paused=paused,
+        checked = reply_as(await self._pool.request(tenant, Validate(tenant, name, dict(files))),
+                           ValidateReply)
+        template = Template(name, files, checked.events, paused=paused,
                             updated_at=time.time())
-        template_set = await self._store.templates.put(tenant, template)
+        # The store checks the template count in the transaction that adds it.
+        template_set = await self._store.templates.put(
+            tenant, template, max_templates=self._limits.templates_per_tenant)
         await self._pool.request(tenant, Reload(tenant))
         self._on_change(tenant, template_set.subscriptions)
         saved = template_set.get(name)
@@ -136,22 +148,24 @@ class Engine:
         mailbox_size: int = 1000, restart_policy: RestartPolicy | None = None,
         quarantine: Quarantine | None = None, max_background: int = 10_000,
         stop_deadline: float = 30.0, observer: DispatchObserver | None = None,
-        timers: TimerConfig | None = None,
+        timers: TimerConfig | None = None, liveness: Liveness | None = None,
     ) -> AsyncIterator[Engine]:
         """Starts everything; on leaving the block, drains and stops everything."""
         limits = limits or Limits()
+        quarantine = quarantine or Quarantine()
         count = workers if workers is not None else (os.cpu_count() or 1)
         configs = [
             WorkerConfig(index, database_url, limits, lua_threads=lua_threads,
                          idle_seconds=idle_seconds, max_resident_vms=max_resident_vms,
-                         mailbox_size=mailbox_size, kill_when_stuck=topology == "process",
-                         workers=count, timers=timers or TimerConfig())
+                         mailbox_size=mailbox_size, workers=count,
+                         quarantine_seconds=quarantine.cool_down_seconds,
+                         timers=timers or TimerConfig())
             for index in range(count)
         ]
         # The engine's store also applies migrations before any worker opens the database.
         async with await open_store(database_url) as store:
             pool = WorkerPool(topology, configs, log or _log_to_logging, restart_policy,
-                              quarantine)
+                              quarantine, liveness)
             await pool.start()
             try:
                 engine = cls(store, pool, limits, max_background, observer)
@@ -175,13 +189,13 @@ class Engine:
     async def _dispatch(self, tenant: TenantId, event: Event) -> DispatchReply:
         started = time.monotonic()
         try:
-            reply = await self.pool.request(tenant, Dispatch(tenant, event))
+            reply = reply_as(await self.pool.request(tenant, Dispatch(tenant, event)),
+                             DispatchReply)
         except BaseException as error:
             if self._observer is not None:
                 self._observer.dispatch_finished(tenant, event, None, error,
                                                  time.monotonic() - started)
             raise
-        assert isinstance(reply, DispatchReply)
         if self._observer is not None:
             self._observer.dispatch_finished(tenant, event, reply, None,
                                              time.monotonic() - started)
@@ -261,11 +275,19 @@ class Engine:
 
     async def tenant_status(self, tenant: TenantId) -> dict[str, Any]:
         """Whether the tenant's VM is resident on its worker, its memory, its queue."""
-        reply: dict[str, Any] = await self.pool.request(tenant, Status(tenant))
-        return reply
+        reply = reply_as(await self.pool.request(tenant, Status(tenant)), TenantStatus)
+        return msgspec.structs.asdict(reply)
 
     async def status(self) -> list[dict[str, Any]]:
         return await self.pool.status()
+
+    def worker_health(self, tenant: TenantId) -> dict[str, Any]:
+        """The health of the worker slot the tenant is routed to (without asking it)."""
+        return self.pool.worker_for(tenant).health()
+
+    def quarantined_until(self, tenant: TenantId) -> float | None:
+        """When the tenant's quarantine (after crashing workers) ends; None when it is not."""
+        return self.pool.quarantine.quarantined().get(str(tenant))
 
 
 def _author_of(data: object) -> str | None:

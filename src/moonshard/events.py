@@ -6,7 +6,7 @@ import dataclasses
 import time
 import uuid
 
-from moonshard.values import JsonValue
+from moonshard.values import JsonField, JsonValue
 
 __all__ = ["Event", "HandlerResult"]
 
@@ -16,7 +16,7 @@ class Event:
     """One event for one tenant. ``id`` stays the same across redeliveries of the same event."""
 
     name: str
-    data: JsonValue = None
+    data: JsonField = None
     author: str | None = None
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     at: float = dataclasses.field(default_factory=time.time)
@@ -34,7 +34,7 @@ class HandlerResult:
 
     template: str
     ok: bool
-    value: JsonValue = None
+    value: JsonField = None
     error: str | None = None
     traceback: str | None = None
     # Which limit was broken, when one was: "memory", "cpu" or "wall".

@@ -10,18 +10,15 @@ import dataclasses
 from collections.abc import Mapping
 
 from moonshard.events import Event, HandlerResult
-from moonshard.host.api import Capability
-from moonshard.host.dispatch import dispatch_event
-from moonshard.host.events import EventsCapability
-from moonshard.host.kv import KVSession
 from moonshard.host.ratelimit import GcraLimiter
+from moonshard.host.runner import HandlerRunner
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner
 from moonshard.sandbox.loading import build_vm, validate_template
 from moonshard.sandbox.vm import LogSink, TenantVM
 from moonshard.store import open_store
-from moonshard.store.api import Store
-from moonshard.templates import Template, TemplateSet
+from moonshard.store.api import RunCommit, Store
+from moonshard.templates import TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
@@ -95,25 +92,30 @@ class LocalRunner:
 
     async def _run_events(self, store: Store, template_set: TemplateSet,
                           first: Event) -> RunReport:
-        queue: list[Event] = [first]
+        queue: list[tuple[Event, int]] = [(first, 0)]
         reports: list[EventReport] = []
         rate_limiter = GcraLimiter()
         vm: TenantVM | None = None
 
-        def open_capabilities(template: Template, event: Event) -> Mapping[str, Capability]:
-            return {
-                "kv": KVSession(store.kv, self._tenant, self._limits, rate_limiter),
-                "events": EventsCapability(self._tenant, self._limits, store.timers,
-                                           queue.extend, author=event.author),
-            }
+        def committed(tenant: TenantId, commit: RunCommit) -> None:
+            queue.extend((Event(emitted.name, emitted.data, author=emitted.author,
+                                id=emitted.event_id), emitted.id) for emitted in commit.outbox)
 
+        def log(tenant: TenantId, level: str, template: str, message: str) -> None:
+            self._log(level, template, message)
+
+        runner = HandlerRunner(store, self._limits, log, on_commit=committed)
         while queue and len(reports) < _MAX_EVENTS_PER_RUN:
-            event = queue.pop(0)
+            event, outbox_id = queue.pop(0)
             if vm is None or vm.broken is not None:
                 vm = await build_vm(template_set, self._limits, self._log, self._run_step)
-            results = await dispatch_event(vm, template_set, event, open_capabilities,
-                                           self._run_step, self._log)
+            results = await runner.run_event(vm, template_set, event, rate_limiter,
+                                             self._run_step)
+            if outbox_id:
+                await store.runs.delivered(outbox_id)
             reports.append(EventReport(event, results))
+        for _, outbox_id in queue:
+            await store.runs.delivered(outbox_id)  # not run (logged below), not kept either
         if queue:
             self._log("warn", template_set.templates[0].name,
                       f"stopped after {_MAX_EVENTS_PER_RUN} events; {len(queue)} emitted events "

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from moonshard.contracts.worker import DispatchReply
     from moonshard.events import Event
     from moonshard.tenants import TenantId
-    from moonshard.worker.core import DispatchReply
 
 __all__ = ["DispatchObserver"]
 

@@ -12,7 +12,7 @@ from moonshard.store import open_store
 from moonshard.store.migrations import LATEST_VERSION, MIGRATIONS
 
 TABLES = {"schema_version", "kv", "kv_counts", "templates", "template_sets", "tenant_state",
-          "api_tokens", "scheduled_events"}
+          "api_tokens", "scheduled_events", "event_outbox"}
 
 
 async def test_migrations_from_empty(store_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Tenant state, API tokens, key expiries and scheduled events."""
+"""API tokens, key expiries and scheduled events."""
 
 from __future__ import annotations
 
@@ -8,26 +8,6 @@ from store_support import FakeClock, SessionFactory, everything_stored, raw_fetc
 from moonshard.errors import LimitExceeded
 from moonshard.store.api import KVSet, Store, expiry_cursor, hash_token
 from moonshard.tenants import TenantId
-
-
-# -- tenant state ------------------------------------------------------------------------------
-async def test_tenant_flags_and_limit_overrides(store: Store, tenant: TenantId) -> None:
-    empty = await store.tenants.get(tenant)
-    assert dict(empty.flags) == {}
-    assert dict(empty.limit_overrides) == {}
-    state = await store.tenants.update_flags(tenant, {"quarantined_until": 123.5, "note": "x"})
-    assert dict(state.flags) == {"quarantined_until": 123.5, "note": "x"}
-    state = await store.tenants.update_flags(tenant, {"note": None, "strikes": 2})
-    assert dict(state.flags) == {"quarantined_until": 123.5, "strikes": 2}
-    state = await store.tenants.set_limit_overrides(tenant, {"keys_per_tenant": 10})
-    assert dict(state.limit_overrides) == {"keys_per_tenant": 10}
-    assert dict(state.flags) == {"quarantined_until": 123.5, "strikes": 2}
-    state = await store.tenants.set_flags(tenant, {"only": True})
-    assert dict(state.flags) == {"only": True}
-    again = await store.tenants.get(tenant)
-    assert dict(again.flags) == {"only": True}
-    assert dict(again.limit_overrides) == {"keys_per_tenant": 10}
-    assert dict((await store.tenants.get(TenantId.user(1))).flags) == {}
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 From Lua means the real path of a worker: a tenant VM runs a handler that calls
 ``ctx.kv.get`` (or ``ctx.kv.set``), each call a host request answered by a ``KVSession``, Lua
-steps run on a thread pool as a worker runs them, and the run's writes committed by
-``dispatch_event``. Its baseline is the raw store call (``KVStore.get``, ``KVStore.apply`` of
-one ``KVSet``) at the same concurrency, in the same run. The store engineer's
-``store_bench`` (``KVSession`` from Python, beside plain ``sqlite3``) is reported too.
+steps run on a thread pool as a worker runs them, and the run's writes committed by the
+``HandlerRunner`` (one ``commit_run`` transaction). Its baseline is the raw store call
+(``KVStore.get``, ``KVStore.apply`` of one ``KVSet``) at the same concurrency, in the same run.
+The store engineer's ``store_bench`` (``KVSession`` from Python, beside plain ``sqlite3``) is
+reported too.
 
 Every figure is per process. No rate limit applies: the default ``kv`` rate (5,000 per second
 per tenant) would otherwise cap one tenant's reads.
@@ -18,7 +19,7 @@ import concurrent.futures
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -27,10 +28,8 @@ from moonshard.bench.measure import Figure
 from moonshard.bench.scratch import is_postgres, scratch_postgres, scratch_sqlite
 from moonshard.bench.store_bench import CONCURRENCY, store_bench
 from moonshard.events import Event
-from moonshard.host.api import Capability
-from moonshard.host.dispatch import dispatch_event
-from moonshard.host.kv import KVSession
 from moonshard.host.ratelimit import GcraLimiter
+from moonshard.host.runner import HandlerRunner
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner
 from moonshard.sandbox.loading import build_vm
@@ -156,6 +155,10 @@ async def _lua_figures(label: str, url: str, seconds: float) -> tuple[list[Figur
     return figures, raw
 
 
+def _quiet_tenant(tenant: TenantId, level: str, template: str, message: str) -> None:
+    """The benchmark's handlers log nothing worth reading."""
+
+
 def _callers(count: int) -> str:
     return "1 tenant" if count == 1 else f"{count} tenants at once"
 
@@ -182,13 +185,9 @@ class _LuaKV:
         self._seconds = seconds
 
     async def _run_handler(self, slot: _Tenant, event: Event) -> None:
-        store, limits = self._store, self._limits
-
-        def open_capabilities(template: Template, running: Event) -> Mapping[str, Capability]:
-            return {"kv": KVSession(store.kv, slot.tenant, limits, slot.limiter)}
-
-        results = await dispatch_event(slot.vm, slot.template_set, event, open_capabilities,
-                                       self._run_step, _quiet)
+        runner = HandlerRunner(self._store, self._limits, _quiet_tenant)
+        results = await runner.run_event(slot.vm, slot.template_set, event, slot.limiter,
+                                         self._run_step)
         if not results or not all(result.ok for result in results):
             raise RuntimeError(f"the benchmark handler failed: {results}")
 

@@ -1,73 +1,53 @@
 """``ctx.events``: emit custom events, and schedule or cancel durable ones.
 
-Like ``ctx.kv``, a run's calls take effect only when the handler succeeds: emitted events are
-handed on at commit, scheduled events are stored and cancellations applied at commit.
+Like ``ctx.kv``, a run's calls take effect only when the handler succeeds: its schedules,
+cancellations and emitted events are buffered and committed with its kv writes in one
+transaction. Emitted events are stored in the outbox by that commit and handed on after it,
+so a crash between the two delays them but never loses them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
+from moonshard.contracts.host import Capability, RunScope
 from moonshard.errors import HostCallError, LimitExceeded
 from moonshard.events import Event
-from moonshard.host.api import Capability, RunScope
 from moonshard.limits import Limits
-from moonshard.store.api import TimerStore
+from moonshard.store.api import RunCancel, RunEffects, RunEmit, RunSchedule, TimerStore
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["EventsCapability", "Scheduled"]
+__all__ = ["EventsCapability"]
 
 _KEY_BYTES = 512
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Scheduled:
-    """A scheduled event that was stored: its id and when it is due."""
-
-    id: int
-    due_at: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Schedule:
-    key: str | None
-    name: str
-    data: JsonValue
-    due_at: float
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Cancel:
-    key: str
 
 
 class EventsCapability(Capability, RunScope):
     """The ``ctx.events`` capability of one handler run of one tenant."""
 
-    __slots__ = ("_author", "_clock", "_deliver", "_emitted", "_limits", "_on_scheduled",
-                 "_ops", "_tenant", "_timers")
+    __slots__ = ("_author", "_clock", "_closed", "_emitted", "_limits", "_ops", "_tenant",
+                 "_timers")
 
     def __init__(
-        self, tenant: TenantId, limits: Limits, timers: TimerStore,
-        deliver: Callable[[list[Event]], None], *, author: str | None = None,
-        on_scheduled: Callable[[Scheduled], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        self, tenant: TenantId, limits: Limits, timers: TimerStore, *,
+        author: str | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
         self._tenant = tenant
         self._limits = limits
         self._timers = timers
-        self._deliver = deliver
         self._author = author
-        self._on_scheduled = on_scheduled
         self._clock = clock
-        self._emitted: list[Event] = []
-        self._ops: list[_Schedule | _Cancel] = []
+        self._emitted: list[RunEmit] = []
+        self._ops: list[RunSchedule | RunCancel] = []
+        self._closed = False
 
     async def call(self, op: str, args: Sequence[JsonValue]) -> JsonValue:
+        if self._closed:
+            raise HostCallError("ctx.events cannot be used after the handler run has ended")
         padded = [*args, None, None, None, None][:4]
         if op == "emit":
             return self._emit(padded[0], padded[1])
@@ -89,7 +69,9 @@ class EventsCapability(Capability, RunScope):
         if len(self._emitted) >= self._limits.emits_per_dispatch:
             raise LimitExceeded("events.emits",
                                 f"at most {self._limits.emits_per_dispatch} emits per dispatch")
-        self._emitted.append(self._event(name, data))
+        event = self._event(name, data)
+        # The id is chosen now and stored with the event: every delivery carries the same one.
+        self._emitted.append(RunEmit(event.name, event.data, event.author, uuid.uuid4().hex))
         return True
 
     def _due_at(self, when: JsonValue) -> float:
@@ -118,38 +100,46 @@ class EventsCapability(Capability, RunScope):
         event = self._event(name, data)
         due_at = self._due_at(when)
         checked_key = None if key is None else self._key(key)
-        new = sum(1 for op in self._ops if isinstance(op, _Schedule))
-        pending = await self._timers.pending_count(self._tenant)
-        if checked_key is None and pending + new >= self._limits.scheduled_per_tenant:
+        pending = await self._pending_after(checked_key)
+        if pending > self._limits.scheduled_per_tenant:
             raise LimitExceeded(
-                "events.scheduled", f"tenant {self._tenant} has {pending + new} scheduled "
+                "events.scheduled", f"tenant {self._tenant} would have {pending} scheduled "
                 f"events pending; the limit is {self._limits.scheduled_per_tenant}")
-        self._ops.append(_Schedule(checked_key, event.name, event.data, due_at))
+        self._ops.append(RunSchedule(checked_key, event.name, event.data, due_at))
         return True
+
+    async def _pending_after(self, key: str | None) -> int:
+        """How many events the tenant would have pending with this run's ops and one more
+        schedule of ``key``. The store checks again, exactly, at commit."""
+        pending = await self._timers.pending_count(self._tenant)
+        keys: dict[str, bool] = {}  # key -> pending after the ops so far
+        for op in [*self._ops, RunSchedule(key, "", None, 0.0)]:
+            if op.key is not None and op.key not in keys:
+                keys[op.key] = await self._timers.has_pending(self._tenant, op.key)
+            if isinstance(op, RunCancel):
+                pending -= keys[op.key]
+                keys[op.key] = False
+                continue
+            if op.key is not None:
+                pending -= keys[op.key]
+                keys[op.key] = True
+            pending += 1
+        return pending
 
     async def _cancel(self, key: JsonValue) -> JsonValue:
         checked = self._key(key)
-        buffered = any(isinstance(op, _Schedule) and op.key == checked for op in self._ops)
-        self._ops = [op for op in self._ops if not (isinstance(op, _Schedule) and
+        buffered = any(isinstance(op, RunSchedule) and op.key == checked for op in self._ops)
+        self._ops = [op for op in self._ops if not (isinstance(op, RunSchedule) and
                                                     op.key == checked)]
-        self._ops.append(_Cancel(checked))
+        self._ops.append(RunCancel(checked))
         return buffered or await self._timers.has_pending(self._tenant, checked)
 
-    async def commit(self) -> None:
-        for op in self._ops:
-            if isinstance(op, _Cancel):
-                await self._timers.cancel(self._tenant, op.key)
-                continue
-            event_id = await self._timers.schedule(
-                self._tenant, op.key, op.name, op.data, op.due_at,
-                max_pending=self._limits.scheduled_per_tenant)
-            if self._on_scheduled is not None:
-                self._on_scheduled(Scheduled(event_id, op.due_at))
-        self._ops = []
-        emitted, self._emitted = self._emitted, []
-        if emitted:
-            self._deliver(emitted)
+    def take_effects(self) -> RunEffects:
+        ops, emitted = tuple(self._ops), tuple(self._emitted)
+        self.discard()
+        return RunEffects(events=ops, emits=emitted)
 
-    async def rollback(self) -> None:
+    def discard(self) -> None:
+        self._closed = True
         self._ops = []
         self._emitted = []

@@ -1,8 +1,10 @@
 """``ctx.kv``: a tenant's key-value store as one handler run sees it (TEMPLATES.md).
 
 A ``KVSession`` lives for one handler run. Its writes are buffered, and its reads see them
-merged over the committed state; ``commit`` stores them all in one transaction
-(``KVStore.apply``), ``rollback`` forgets them. An ``incr`` is buffered as a delta and added
+merged over the committed state. At the end of a handler run the runner takes them
+(``take_effects``) into the run's one transaction (``RunStore.commit_run``); used on its own
+(the HTTP API), ``commit`` stores them in one transaction (``KVStore.apply``) and ``rollback``
+forgets them. An ``incr`` is buffered as a delta and added
 to the value as stored when the commit runs, so concurrent runs never lose an increment; the
 number it returns during the run is computed from what the run sees.
 """
@@ -15,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from moonshard.contracts.host import Capability, RunScope
 from moonshard.errors import HostCallError, LimitExceeded
-from moonshard.host.api import Capability, RunScope
 from moonshard.store import kvlogic
 from moonshard.store.api import (
     KVDelete,
@@ -27,6 +29,7 @@ from moonshard.store.api import (
     KVSet,
     KVStore,
     KVWrite,
+    RunEffects,
 )
 from moonshard.values import JsonValue
 
@@ -83,14 +86,12 @@ class KVSession(Capability, RunScope):
     """The ``ctx.kv`` capability of one handler run of one tenant."""
 
     __slots__ = ("_clock", "_closed", "_limiter", "_limits", "_max_pending_bytes",
-                 "_on_commit", "_pending", "_pending_bytes", "_store", "_stored_rows",
-                 "_tenant", "_writes")
+                 "_pending", "_pending_bytes", "_store", "_stored_rows", "_tenant", "_writes")
 
     def __init__(
         self, store: KVStore, tenant: TenantId, limits: Limits, rate_limiter: GcraLimiter,
         clock: Callable[[], float] = time.time, *,
         max_pending_bytes: int = MAX_PENDING_BYTES,
-        on_commit: Callable[[list[KVRecord]], None] | None = None,
     ) -> None:
         self._store = store
         self._tenant = tenant
@@ -104,8 +105,6 @@ class KVSession(Capability, RunScope):
         # Rows the tenant stored when the run first loaded a key: bounds its live keys.
         self._stored_rows: int | None = None
         self._closed = False
-        # Told the records a commit wrote: the worker arms the expiries among them.
-        self._on_commit = on_commit
 
     @property
     def pending_writes(self) -> int:
@@ -235,14 +234,19 @@ class KVSession(Capability, RunScope):
                 for write, result in zip(writes, results, strict=True)]
 
     # -- the run's end ---------------------------------------------------------------------
-    async def commit(self) -> None:
-        """Stores every buffered write in one transaction."""
+    def take_effects(self) -> RunEffects:
+        return RunEffects(writes=tuple(self._end()))
+
+    def discard(self) -> None:
+        self._end()
+
+    async def commit(self) -> list[KVResult]:
+        """Stores every buffered write in one transaction (a session outside a handler run)."""
         writes = self._end()
-        if writes:
-            results = await self._store.apply(self._tenant, writes, now=self._clock(),
-                                              max_keys=self._limits.keys_per_tenant)
-            if self._on_commit is not None:
-                self._on_commit([result for result in results if isinstance(result, KVRecord)])
+        if not writes:
+            return []
+        return await self._store.apply(self._tenant, writes, now=self._clock(),
+                                       max_keys=self._limits.keys_per_tenant)
 
     async def rollback(self) -> None:
         self._end()

@@ -6,9 +6,9 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
+from moonshard.contracts.sandbox import Capability
 from moonshard.errors import HostCallError, LimitExceeded, NotBuiltError, ValueConversionError
 from moonshard.events import HandlerResult
-from moonshard.host.api import Capability
 from moonshard.sandbox.vm import HostRequest, LuaRun
 from moonshard.values import JsonValue
 

@@ -192,7 +192,7 @@ def create_app(
     async def tenant_status(tenant: Tenant) -> dict[str, Any]:
         """The tenant's template set, subscriptions, worker, recent errors and counters."""
         template_set = await engine.store.templates.load_set(tenant)
-        health = engine.pool.worker_for(tenant).health()
+        health = engine.worker_health(tenant)
         try:
             vm: dict[str, Any] = await engine.tenant_status(tenant)
         except MoonshardError:
@@ -204,7 +204,7 @@ def create_app(
             "subscriptions": sorted(template_set.subscriptions),
             "vm": {**vm, "worker": health["index"]},
             "worker": health,
-            "quarantined_until": engine.pool.quarantine.quarantined().get(str(tenant)),
+            "quarantined_until": engine.quarantined_until(tenant),
             "recent_errors": [line.to_json() for line in logbook.recent_errors(tenant)],
             "counters": metrics.tenant_counters(tenant).to_json(),
         }

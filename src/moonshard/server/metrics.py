@@ -39,9 +39,9 @@ from prometheus_client.registry import Collector
 from moonshard.errors import Overloaded, TenantQuarantined, WorkerCrashed, WorkerUnavailable
 
 if TYPE_CHECKING:
+    from moonshard.contracts.worker import DispatchReply
     from moonshard.events import Event
     from moonshard.tenants import TenantId
-    from moonshard.worker.core import DispatchReply
 
 __all__ = ["CONTENT_TYPE", "Metrics", "TenantCounters", "dispatch_outcome"]
 

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from moonshard.errors import LimitExceeded
-from moonshard.store.api import ScheduledEvent, TenantState, TokenInfo
+from moonshard.store.api import OutboxEvent, ScheduledEvent, TokenInfo
 from moonshard.templates import Template
 from moonshard.tenants import TenantId
-from moonshard.values import JsonValue, loads_json
+from moonshard.values import loads_json
 
 __all__ = [
     "check_admin",
+    "check_emits",
     "check_pending",
     "check_template_count",
-    "merge_flags",
     "new_token",
+    "outbox_event",
     "scheduled_event",
     "template_from_row",
-    "tenant_state",
     "token_info",
 ]
 
@@ -42,26 +42,6 @@ def check_template_count(count: int, max_templates: int) -> None:
     if count >= max_templates:
         raise LimitExceeded(
             "template.count", f"a tenant may have at most {max_templates} templates")
-
-
-def tenant_state(flags: str, limit_overrides: str) -> TenantState:
-    flags_json, limits_json = loads_json(flags), loads_json(limit_overrides)
-    if not isinstance(flags_json, dict) or not isinstance(limits_json, dict):
-        raise ValueError("tenant state is stored malformed")
-    return TenantState(flags_json, limits_json)
-
-
-def merge_flags(
-    flags: Mapping[str, JsonValue], changes: Mapping[str, JsonValue],
-) -> dict[str, JsonValue]:
-    """``flags`` updated by ``changes``; a None value removes that flag."""
-    merged = dict(flags)
-    for name, value in changes.items():
-        if value is None:
-            merged.pop(name, None)
-        else:
-            merged[name] = value
-    return merged
 
 
 def new_token() -> str:
@@ -92,3 +72,15 @@ def scheduled_event(row: Sequence[Any]) -> ScheduledEvent:
     created_at``."""
     return ScheduledEvent(int(row[0]), TenantId(row[1], row[2]), row[3], row[4],
                           loads_json(row[5]), float(row[6]), int(row[7]), float(row[8]))
+
+
+def check_emits(emits: int, max_emits: int) -> None:
+    if emits > max_emits:
+        raise LimitExceeded("events.emits", f"at most {max_emits} emits per dispatch")
+
+
+def outbox_event(row: Sequence[Any]) -> OutboxEvent:
+    """An OutboxEvent from ``id, tenant_kind, tenant_id, name, data, author, event_id,
+    created_at``."""
+    return OutboxEvent(int(row[0]), TenantId(row[1], row[2]), row[3], loads_json(row[4]),
+                       row[5], row[6], float(row[7]))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
-from types import MappingProxyType, TracebackType
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from moonshard.values import JsonValue
@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from moonshard.tenants import TenantId
 
 __all__ = [
-    "CURSOR_START",
-    "Cursor",
     "ExpiryCursor",
     "KVDelete",
     "KVExpire",
@@ -32,14 +30,19 @@ __all__ = [
     "KVSet",
     "KVStore",
     "KVWrite",
+    "OutboxEvent",
+    "RunCancel",
+    "RunCommit",
+    "RunEffects",
+    "RunEmit",
+    "RunLimits",
+    "RunSchedule",
+    "RunStore",
     "ScheduledCursor",
     "ScheduledEvent",
     "Shard",
     "Store",
     "TemplateStore",
-    "TenantState",
-    "TenantStateStore",
-    "TimerRef",
     "TimerStore",
     "TokenInfo",
     "TokenStore",
@@ -202,48 +205,6 @@ class TemplateStore(abc.ABC):
         """Removes one template and bumps the version; None when it did not exist."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class TenantState:
-    """What the host remembers about a tenant besides its data: flags and limit overrides.
-
-    ``flags`` are free-form (for example ``quarantined_until``); ``limit_overrides`` map
-    ``moonshard.limits.Limits`` field names to values for this tenant.
-    """
-
-    flags: Mapping[str, JsonValue] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({}))
-    limit_overrides: Mapping[str, JsonValue] = dataclasses.field(
-        default_factory=lambda: MappingProxyType({}))
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
-        object.__setattr__(self, "limit_overrides", MappingProxyType(dict(self.limit_overrides)))
-
-
-class TenantStateStore(abc.ABC):
-    """Per-tenant flags and limit overrides. A tenant never seen has empty ones."""
-
-    @abc.abstractmethod
-    async def get(self, tenant: TenantId) -> TenantState:
-        ...
-
-    @abc.abstractmethod
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        """Replaces every flag of the tenant."""
-
-    @abc.abstractmethod
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        """Merges ``changes`` into the flags atomically; a None value removes that flag."""
-
-    @abc.abstractmethod
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        """Replaces the tenant's limit overrides."""
-
-
 def hash_token(token: str) -> str:
     """How a bearer token is stored: the hex SHA-256 of its text.
 
@@ -322,40 +283,6 @@ class ScheduledEvent:
     @property
     def cursor(self) -> ScheduledCursor:
         return (self.due_at, self.id)
-
-
-Cursor = tuple[float, str, str, str, str]
-"""(due, tenant kind, tenant id, scope, key): the order timers are paged in."""
-
-CURSOR_START: Cursor = (float("-inf"), "", "", "", "")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TimerRef:
-    """One pending timer: a key's expiry (``kind="expiry"``) or a scheduled event.
-
-    For a scheduled event ``key`` is its id as text and ``version`` its id; for an expiry,
-    ``version`` is the key's version when read, so a key changed since is left alone.
-    """
-
-    kind: str
-    due: float
-    tenant: TenantId
-    scope: str
-    key: str
-    version: int
-    attempt: int = 1
-
-    @property
-    def cursor(self) -> Cursor:
-        if self.kind == "scheduled":
-            # Scheduled events page by (due, id): the padded id sorts as the number does.
-            return (self.due, "", "", "", f"{self.version:020d}")
-        return (self.due, self.tenant.kind, self.tenant.id, self.scope, self.key)
-
-    @property
-    def identity(self) -> tuple[str, TenantId, str, str, int]:
-        return (self.kind, self.tenant, self.scope, self.key, self.version)
 
 
 Shard = tuple[int, int]
@@ -452,6 +379,104 @@ class TimerStore(abc.ABC):
         """Moves an event to ``due_at`` and counts one more attempt; False if it is gone."""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunSchedule:
+    """``ctx.events.schedule``: store an event due at ``due_at`` (replacing ``key``'s)."""
+
+    key: str | None
+    name: str
+    data: JsonValue
+    due_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunCancel:
+    """``ctx.events.cancel``: remove the tenant's pending event of ``key``."""
+
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEmit:
+    """``ctx.events.emit``: an event handed on after the commit. ``event_id`` is its
+    ``event.id``, the same on every delivery."""
+
+    name: str
+    data: JsonValue
+    author: str | None
+    event_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunEffects:
+    """Everything one handler run asked for, in the order it asked: committed all or nothing."""
+
+    writes: tuple[KVWrite, ...] = ()
+    events: tuple[RunSchedule | RunCancel, ...] = ()
+    emits: tuple[RunEmit, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.writes or self.events or self.emits)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunLimits:
+    """The limits ``commit_run`` checks again inside its transaction (None: not checked)."""
+
+    max_keys: int | None = None
+    max_pending: int | None = None
+    max_emits: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An emitted event stored with the run that emitted it, until it is delivered."""
+
+    id: int
+    tenant: TenantId
+    name: str
+    data: JsonValue
+    author: str | None
+    event_id: str
+    created_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunCommit:
+    """What ``commit_run`` stored: one result per kv write (as ``KVStore.apply``), the
+    scheduled events it created, and the outbox rows of its emitted events."""
+
+    kv_results: tuple[KVResult, ...] = ()
+    scheduled: tuple[ScheduledEvent, ...] = ()
+    outbox: tuple[OutboxEvent, ...] = ()
+
+
+class RunStore(abc.ABC):
+    """One handler run's effects as one transaction, and the outbox of emitted events."""
+
+    @abc.abstractmethod
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        """Applies the kv writes, then the schedules and cancellations in order, and stores
+        the emitted events in the outbox: all in one transaction, or nothing.
+
+        Raises ``LimitExceeded`` (``kv.keys``, ``events.scheduled`` or ``events.emits``) and
+        writes nothing when the run would break a limit of ``limits`` as the data stands at
+        commit.
+        """
+
+    @abc.abstractmethod
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        """Undelivered emitted events of the shard's tenants with an id above ``after``,
+        oldest first."""
+
+    @abc.abstractmethod
+    async def delivered(self, outbox_id: int) -> bool:
+        """Removes a delivered outbox row; False if it was gone already."""
+
+
 class Store(abc.ABC):
     """Everything persistent. Open with ``moonshard.store.open_store(database_url)``.
 
@@ -461,9 +486,9 @@ class Store(abc.ABC):
 
     kv: KVStore
     templates: TemplateStore
-    tenants: TenantStateStore
     tokens: TokenStore
     timers: TimerStore
+    runs: RunStore
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -183,9 +183,37 @@ _POSTGRES_V1 = (
     "CREATE INDEX scheduled_events_tenant ON scheduled_events (tenant_kind, tenant_id)",
 )
 
+# Version 3: the outbox of emitted events, written in the transaction of the run that
+# emitted them and deleted once they are delivered, so a crash between the two loses none.
+_SQLITE_V3 = (
+    """CREATE TABLE event_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_kind TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        data TEXT NOT NULL,
+        author TEXT,
+        event_id TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+)
+_POSTGRES_V3 = (
+    """CREATE TABLE event_outbox (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant_kind text COLLATE "C" NOT NULL,
+        tenant_id text COLLATE "C" NOT NULL,
+        name text NOT NULL,
+        data text NOT NULL,
+        author text,
+        event_id text NOT NULL,
+        created_at double precision NOT NULL
+    )""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "key-value store, templates, tenant state, tokens, scheduled events",
               _SQLITE_V1, _POSTGRES_V1),
+    Migration(3, "outbox of emitted events", _SQLITE_V3, _POSTGRES_V3),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -22,13 +22,13 @@ from asyncpg.pool import PoolConnectionProxy
 from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
+    check_emits,
     check_pending,
     check_template_count,
-    merge_flags,
     new_token,
+    outbox_event,
     scheduled_event,
     template_from_row,
-    tenant_state,
     token_info,
 )
 from moonshard.store.api import (
@@ -39,13 +39,17 @@ from moonshard.store.api import (
     KVResult,
     KVStore,
     KVWrite,
+    OutboxEvent,
+    RunCancel,
+    RunCommit,
+    RunEffects,
+    RunLimits,
+    RunStore,
     ScheduledCursor,
     ScheduledEvent,
     Shard,
     Store,
     TemplateStore,
-    TenantState,
-    TenantStateStore,
     TimerStore,
     TokenInfo,
     TokenStore,
@@ -148,19 +152,6 @@ _SET_LOCK = (
     " VALUES ($1, $2, 0, $3) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
     " SET version = template_sets.version RETURNING version")
 
-# -- tenant state ------------------------------------------------------------------------------
-_STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT}"
-_STATE_LOCK = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_TENANT} FOR UPDATE"
-_STATE_SET_FLAGS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, flags, updated_at) VALUES ($1, $2, $3, $4)"
-    " ON CONFLICT (tenant_kind, tenant_id) DO UPDATE SET flags = EXCLUDED.flags,"
-    " updated_at = EXCLUDED.updated_at RETURNING flags, limit_overrides")
-_STATE_SET_LIMITS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, limit_overrides, updated_at)"
-    " VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
-    " SET limit_overrides = EXCLUDED.limit_overrides, updated_at = EXCLUDED.updated_at"
-    " RETURNING flags, limit_overrides")
-
 # -- tokens ------------------------------------------------------------------------------------
 _TOKEN_INSERT = (
     "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at)"
@@ -187,6 +178,22 @@ _EVENT_AFTER_SHARD = _EVENT_AFTER.replace(
     " ORDER BY", " AND ((tenant_id::bigint >> 22) % $5) = $6 ORDER BY")
 _EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = $1"
 _EVENT_RETRY = "UPDATE scheduled_events SET due_at = $2, attempt = attempt + 1 WHERE id = $1"
+_KEYS_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+_KEYS_LOCK_CLASS = 0x6D6F6F6B
+# Serialises the scheduling runs of one tenant, so the pending count checked is the one
+# committed (READ COMMITTED alone would let two runs each see room for one more).
+_EVENT_LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
+_EVENT_LOCK_CLASS = 0x6D6F6F65
+
+# -- the outbox --------------------------------------------------------------------------------
+_OUTBOX_FIELDS = "id, tenant_kind, tenant_id, name, data, author, event_id, created_at"
+_OUTBOX_INSERT = (
+    "INSERT INTO event_outbox (tenant_kind, tenant_id, name, data, author, event_id, created_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id")
+_OUTBOX_SHARD = (
+    f"SELECT {_OUTBOX_FIELDS} FROM event_outbox WHERE id > $1"
+    " AND ((tenant_id::bigint >> 22) % $2) = $3 ORDER BY id LIMIT $4")
+_OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = $1"
 
 
 def split_schema(database_url: str) -> tuple[str, str | None]:
@@ -205,16 +212,16 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
 class PostgresStore(Store):
     """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    __slots__ = ("_pool", "kv", "schema", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_pool", "kv", "runs", "schema", "templates", "timers", "tokens")
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
         self._pool = pool
         self.schema = schema
         self.kv = PostgresKVStore(pool)
         self.templates = PostgresTemplateStore(pool)
-        self.tenants = PostgresTenantStateStore(pool)
         self.tokens = PostgresTokenStore(pool)
         self.timers = PostgresTimerStore(pool)
+        self.runs = PostgresRunStore(pool)
 
     @classmethod
     async def open_url(cls, database_url: str) -> PostgresStore:
@@ -377,6 +384,9 @@ async def _kv_apply(
     plan = kvlogic.plan_writes(writes, rows, now)
     if max_keys is not None and plan.live_delta > 0 and kvlogic.needs_live_count(
             plan, max_keys, int(await conn.fetchval(_KV_ROWS, kind, tenant_id) or 0)):
+        # Near the limit, writers of one tenant count one at a time: each sees what the
+        # previous one committed, so two cannot both take the last free key.
+        await conn.execute(_KEYS_LOCK, _KEYS_LOCK_CLASS, str(tenant))
         live = int(await conn.fetchval(_KV_COUNT_ALL, kind, tenant_id, now))
         kvlogic.check_key_limit(plan.live_delta, max_keys, live)
     for scope, key in plan.deletes:
@@ -444,42 +454,6 @@ async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:
     rows = await conn.fetch(_TEMPLATES, tenant.kind, tenant.id)
     return TemplateSet(tenant, int(version or 0),
                        tuple(template_from_row(*tuple(row)) for row in rows))
-
-
-# -- tenant state ------------------------------------------------------------------------------
-class PostgresTenantStateStore(_Component, TenantStateStore):
-    __slots__ = ()
-
-    async def get(self, tenant: TenantId) -> TenantState:
-        row = await self._pool.fetchrow(_STATE_GET, tenant.kind, tenant.id)
-        return TenantState() if row is None else tenant_state(row[0], row[1])
-
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        return await self._write(_STATE_SET_FLAGS, tenant, dict(flags))
-
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        async def body(conn: _Connection) -> TenantState:
-            row = await conn.fetchrow(_STATE_LOCK, tenant.kind, tenant.id)
-            current = TenantState() if row is None else tenant_state(row[0], row[1])
-            merged = merge_flags(current.flags, changes)
-            written = await conn.fetchrow(
-                _STATE_SET_FLAGS, tenant.kind, tenant.id, dumps_json(merged), time.time())
-            assert written is not None  # an upsert with RETURNING gives its row
-            return tenant_state(written[0], written[1])
-
-        return await _retrying(self._pool, body)
-
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._write(_STATE_SET_LIMITS, tenant, dict(overrides))
-
-    async def _write(self, sql: str, tenant: TenantId, value: dict[str, JsonValue]) -> TenantState:
-        row = await self._pool.fetchrow(sql, tenant.kind, tenant.id, dumps_json(value), time.time())
-        assert row is not None  # an upsert with RETURNING gives its row
-        return tenant_state(row[0], row[1])
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -597,3 +571,60 @@ class PostgresTimerStore(_Component, TimerStore):
 
     async def retry_scheduled(self, event_id: int, due_at: float) -> bool:
         return bool(await self._pool.execute(_EVENT_RETRY, event_id, due_at) != "UPDATE 0")
+
+
+# -- runs --------------------------------------------------------------------------------------
+class PostgresRunStore(_Component, RunStore):
+    __slots__ = ()
+
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        if effects.empty:
+            return RunCommit()
+        if limits.max_emits is not None:
+            check_emits(len(effects.emits), limits.max_emits)
+
+        async def body(conn: _Connection) -> RunCommit:
+            return await _commit_run(conn, tenant, effects, now, limits)
+
+        return await _retrying(self._pool, body)
+
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        rows = await self._pool.fetch(_OUTBOX_SHARD, after, shard[1], shard[0], limit)
+        return [outbox_event(row[:]) for row in rows]
+
+    async def delivered(self, outbox_id: int) -> bool:
+        return bool(await self._pool.execute(_OUTBOX_DELETE, outbox_id) != "DELETE 0")
+
+
+async def _commit_run(
+    conn: _Connection, tenant: TenantId, effects: RunEffects, now: float, limits: RunLimits,
+) -> RunCommit:
+    kind, tenant_id = tenant.kind, tenant.id
+    results = await _kv_apply(conn, tenant, effects.writes, now, limits.max_keys) \
+        if effects.writes else []
+    scheduled: list[ScheduledEvent] = []
+    if effects.events:
+        await conn.execute(_EVENT_LOCK, _EVENT_LOCK_CLASS, str(tenant))
+    for op in effects.events:
+        if isinstance(op, RunCancel):
+            await conn.execute(_EVENT_CANCEL, kind, tenant_id, op.key)
+            continue
+        if op.key is not None:
+            await conn.execute(_EVENT_CANCEL, kind, tenant_id, op.key)
+        if limits.max_pending is not None:
+            check_pending(int(await conn.fetchval(_EVENT_COUNT, kind, tenant_id)),
+                          limits.max_pending)
+        event_id = int(await conn.fetchval(
+            _EVENT_INSERT, kind, tenant_id, op.key, op.name, dumps_json(op.data), op.due_at, now))
+        scheduled.append(ScheduledEvent(event_id, tenant, op.key, op.name, op.data, op.due_at,
+                                        0, now))
+    outbox: list[OutboxEvent] = []
+    for emit in effects.emits:
+        outbox_id = int(await conn.fetchval(
+            _OUTBOX_INSERT, kind, tenant_id, emit.name, dumps_json(emit.data), emit.author,
+            emit.event_id, now))
+        outbox.append(OutboxEvent(outbox_id, tenant, emit.name, emit.data, emit.author,
+                                  emit.event_id, now))
+    return RunCommit(tuple(results), tuple(scheduled), tuple(outbox))

@@ -14,20 +14,20 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
+    check_emits,
     check_pending,
     check_template_count,
-    merge_flags,
     new_token,
+    outbox_event,
     scheduled_event,
     template_from_row,
-    tenant_state,
     token_info,
 )
 from moonshard.store._sqlitethread import ConnectionThreads
@@ -39,13 +39,17 @@ from moonshard.store.api import (
     KVResult,
     KVStore,
     KVWrite,
+    OutboxEvent,
+    RunCancel,
+    RunCommit,
+    RunEffects,
+    RunLimits,
+    RunStore,
     ScheduledCursor,
     ScheduledEvent,
     Shard,
     Store,
     TemplateStore,
-    TenantState,
-    TenantStateStore,
     TimerStore,
     TokenInfo,
     TokenStore,
@@ -126,18 +130,6 @@ _TEMPLATE_PUT = (
     " updated_at = excluded.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_KV_TENANT} AND name = ?"
 
-# -- tenant state ------------------------------------------------------------------------------
-_STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_KV_TENANT}"
-_STATE_SET_FLAGS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, flags, updated_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (tenant_kind, tenant_id) DO UPDATE SET flags = excluded.flags,"
-    " updated_at = excluded.updated_at RETURNING flags, limit_overrides")
-_STATE_SET_LIMITS = (
-    "INSERT INTO tenant_state (tenant_kind, tenant_id, limit_overrides, updated_at)"
-    " VALUES (?, ?, ?, ?) ON CONFLICT (tenant_kind, tenant_id) DO UPDATE"
-    " SET limit_overrides = excluded.limit_overrides, updated_at = excluded.updated_at"
-    " RETURNING flags, limit_overrides")
-
 # -- tokens ------------------------------------------------------------------------------------
 _TOKEN_INSERT = (
     "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at) VALUES (?, ?, ?, ?)"
@@ -166,11 +158,21 @@ _RESUME_TENANTS = (
 _EVENT_REMOVE = "DELETE FROM scheduled_events WHERE id = ?"
 _EVENT_RETRY = "UPDATE scheduled_events SET due_at = ?, attempt = attempt + 1 WHERE id = ?"
 
+# -- the outbox --------------------------------------------------------------------------------
+_OUTBOX_FIELDS = "id, tenant_kind, tenant_id, name, data, author, event_id, created_at"
+_OUTBOX_INSERT = (
+    "INSERT INTO event_outbox (tenant_kind, tenant_id, name, data, author, event_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_OUTBOX_SHARD = (
+    f"SELECT {_OUTBOX_FIELDS} FROM event_outbox WHERE id > ?"
+    " AND ((CAST(tenant_id AS INTEGER) >> 22) % ?) = ? ORDER BY id LIMIT ?")
+_OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
+
 
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "path", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_reader", "_writer", "kv", "path", "runs", "templates", "timers", "tokens")
 
     def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
         self.path = path
@@ -178,9 +180,9 @@ class SqliteStore(Store):
         self._reader = reader
         self.kv = SqliteKVStore(writer, reader)
         self.templates = SqliteTemplateStore(writer, reader)
-        self.tenants = SqliteTenantStateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
+        self.runs = SqliteRunStore(writer, reader)
 
     @classmethod
     async def open(
@@ -460,47 +462,6 @@ def _delete_template(
     return _read_set(conn, tenant)
 
 
-# -- tenant state ------------------------------------------------------------------------------
-class SqliteTenantStateStore(_Component, TenantStateStore):
-    __slots__ = ()
-
-    async def get(self, tenant: TenantId) -> TenantState:
-        return await self._reader.run(_state_get, tenant)
-
-    async def set_flags(self, tenant: TenantId, flags: Mapping[str, JsonValue]) -> TenantState:
-        return await self._writer.transact(_state_write, _STATE_SET_FLAGS, tenant, dict(flags))
-
-    async def update_flags(
-        self, tenant: TenantId, changes: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._writer.transact(_state_update_flags, tenant, dict(changes))
-
-    async def set_limit_overrides(
-        self, tenant: TenantId, overrides: Mapping[str, JsonValue],
-    ) -> TenantState:
-        return await self._writer.transact(
-            _state_write, _STATE_SET_LIMITS, tenant, dict(overrides))
-
-
-def _state_get(conn: sqlite3.Connection, tenant: TenantId) -> TenantState:
-    row = conn.execute(_STATE_GET, (tenant.kind, tenant.id)).fetchone()
-    return TenantState() if row is None else tenant_state(row[0], row[1])
-
-
-def _state_write(
-    conn: sqlite3.Connection, sql: str, tenant: TenantId, value: dict[str, JsonValue],
-) -> TenantState:
-    row = conn.execute(sql, (tenant.kind, tenant.id, dumps_json(value), time.time())).fetchall()
-    return tenant_state(row[0][0], row[0][1])
-
-
-def _state_update_flags(
-    conn: sqlite3.Connection, tenant: TenantId, changes: dict[str, JsonValue],
-) -> TenantState:
-    merged = merge_flags(_state_get(conn, tenant).flags, changes)
-    return _state_write(conn, _STATE_SET_FLAGS, tenant, merged)
-
-
 # -- tokens ------------------------------------------------------------------------------------
 class SqliteTokenStore(_Component, TokenStore):
     __slots__ = ()
@@ -686,3 +647,62 @@ def _remove_scheduled(conn: sqlite3.Connection, event_id: int) -> bool:
 
 def _retry_scheduled(conn: sqlite3.Connection, event_id: int, due_at: float) -> bool:
     return conn.execute(_EVENT_RETRY, (due_at, event_id)).rowcount > 0
+
+
+# -- runs --------------------------------------------------------------------------------------
+class SqliteRunStore(_Component, RunStore):
+    __slots__ = ()
+
+    async def commit_run(
+        self, tenant: TenantId, effects: RunEffects, *, now: float, limits: RunLimits,
+    ) -> RunCommit:
+        if effects.empty:
+            return RunCommit()
+        return await self._writer.transact(_commit_run, tenant, effects, now, limits)
+
+    async def outbox(self, shard: Shard, *, limit: int, after: int = 0) -> list[OutboxEvent]:
+        return await self._reader.run(_outbox, shard, limit, after)
+
+    async def delivered(self, outbox_id: int) -> bool:
+        return await self._writer.transact(_outbox_delete, outbox_id)
+
+
+def _commit_run(
+    conn: sqlite3.Connection, tenant: TenantId, effects: RunEffects, now: float,
+    limits: RunLimits,
+) -> RunCommit:
+    """Inside the writer's BEGIN IMMEDIATE: a limit error here rolls all of it back."""
+    if limits.max_emits is not None:
+        check_emits(len(effects.emits), limits.max_emits)
+    results = _kv_apply(conn, tenant, effects.writes, now, limits.max_keys) \
+        if effects.writes else []
+    scheduled: list[ScheduledEvent] = []
+    for op in effects.events:
+        if isinstance(op, RunCancel):
+            _cancel(conn, tenant, op.key)
+            continue
+        data = dumps_json(op.data)
+        event_id = _schedule(conn, tenant, op.key, op.name, data, op.due_at,
+                             limits.max_pending, now)
+        scheduled.append(ScheduledEvent(event_id, tenant, op.key, op.name, op.data, op.due_at,
+                                        0, now))
+    outbox: list[OutboxEvent] = []
+    for emit in effects.emits:
+        cursor = conn.execute(_OUTBOX_INSERT, (
+            tenant.kind, tenant.id, emit.name, dumps_json(emit.data), emit.author,
+            emit.event_id, now))
+        assert cursor.lastrowid is not None
+        outbox.append(OutboxEvent(cursor.lastrowid, tenant, emit.name, emit.data, emit.author,
+                                  emit.event_id, now))
+    return RunCommit(tuple(results), tuple(scheduled), tuple(outbox))
+
+
+def _outbox(
+    conn: sqlite3.Connection, shard: Shard, limit: int, after: int,
+) -> list[OutboxEvent]:
+    rows = conn.execute(_OUTBOX_SHARD, (after, shard[1], shard[0], limit)).fetchall()
+    return [outbox_event(row) for row in rows]
+
+
+def _outbox_delete(conn: sqlite3.Connection, outbox_id: int) -> bool:
+    return conn.execute(_OUTBOX_DELETE, (outbox_id,)).rowcount > 0

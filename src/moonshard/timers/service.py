@@ -15,23 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from moonshard.contracts.worker import TimerConfig
 from moonshard.errors import WorkerUnavailable
 from moonshard.timers.wheel import TimerRef, TimerSource, TimerWheel
 
 __all__ = ["TimerConfig", "TimerService", "TimerStats"]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TimerConfig:
-    window_seconds: float = 30.0
-    page_size: int = 5000
-    max_in_flight: int = 64
-    # Delays before each retry of a failed firing (TEMPLATES.md: 1, 2, 4, 8, 16, 32 s).
-    backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-    # How often the service looks for timers written where it could not see them.
-    idle_poll_seconds: float = 1.0
 
 
 class TimerStats:

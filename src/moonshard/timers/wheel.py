@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Awaitable, Callable
 
-from moonshard.store.api import CURSOR_START, Cursor, TimerRef
+from moonshard.contracts.timers import CURSOR_START, Cursor, TimerRef
 from moonshard.tenants import TenantId
 
 __all__ = ["Cursor", "TimerRef", "TimerSource", "TimerWheel"]

@@ -6,13 +6,20 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import msgspec
+
+from moonshard.contracts.worker import (
+    Reply,
+    Request,
+    Status,
+    TenantLog,
+    WorkerConfig,
+    WorkerHandle,
+)
 from moonshard.tenants import TenantId, worker_index
-from moonshard.topology.process import ProcessWorker
+from moonshard.topology.process import Liveness, ProcessWorker
 from moonshard.topology.supervisor import Quarantine, RestartPolicy, SupervisedWorker
 from moonshard.topology.thread import ThreadWorker
-from moonshard.worker.api import WorkerHandle
-from moonshard.worker.core import TenantLog, WorkerConfig
-from moonshard.worker.messages import Request, Status
 
 __all__ = ["Topology", "WorkerPool"]
 
@@ -24,7 +31,8 @@ class WorkerPool:
 
     def __init__(self, topology: Topology, configs: Sequence[WorkerConfig], log: TenantLog,
                  policy: RestartPolicy | None = None,
-                 quarantine: Quarantine | None = None) -> None:
+                 quarantine: Quarantine | None = None,
+                 liveness: Liveness | None = None) -> None:
         if topology not in ("thread", "process"):
             raise ValueError(f"unknown topology {topology!r}: expected thread or process "
                              "(ray is not built yet)")
@@ -33,11 +41,12 @@ class WorkerPool:
         self.topology = topology
         self.quarantine = quarantine or Quarantine()
         self._log = log
-        kind = ThreadWorker if topology == "thread" else ProcessWorker
 
         def spawner(config: WorkerConfig) -> Any:
             def spawn() -> WorkerHandle:
-                return kind(config, log)
+                if topology == "thread":
+                    return ThreadWorker(config, log)
+                return ProcessWorker(config, log, liveness)
             return spawn
 
         self.workers = [
@@ -52,7 +61,7 @@ class WorkerPool:
     def worker_for(self, tenant: TenantId) -> SupervisedWorker:
         return self.workers[worker_index(tenant, len(self.workers))]
 
-    async def request(self, tenant: TenantId, request: Request) -> Any:
+    async def request(self, tenant: TenantId, request: Request) -> Reply:
         return await self.worker_for(tenant).request(request)
 
     async def status(self) -> list[dict[str, Any]]:
@@ -60,7 +69,8 @@ class WorkerPool:
             health = worker.health()
             if health["up"]:
                 try:
-                    health |= await asyncio.wait_for(worker.request(Status()), 5.0)
+                    status = await asyncio.wait_for(worker.request(Status()), 5.0)
+                    health |= msgspec.structs.asdict(status)
                 except Exception as error:
                     health["error"] = str(error)
             return health

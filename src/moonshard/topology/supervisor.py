@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from moonshard.contracts.worker import Dispatch, Reply, Request, Worker, WorkerHandle
 from moonshard.errors import TenantQuarantined, WorkerCrashed, WorkerUnavailable
 from moonshard.tenants import TenantId
-from moonshard.worker.api import Worker, WorkerHandle
-from moonshard.worker.messages import Dispatch, Request
 
 __all__ = ["Quarantine", "RestartPolicy", "SupervisedWorker"]
 
@@ -165,7 +164,7 @@ class SupervisedWorker(Worker):
         if self.restart_count == restart_count and self._up.is_set():
             self._consecutive_crashes = 0
 
-    async def request(self, request: Request) -> Any:
+    async def request(self, request: Request) -> Reply:
         tenant = request.tenant if isinstance(request, Dispatch) else None
         if tenant is not None:
             self._quarantine.check(tenant)
@@ -192,14 +191,14 @@ class SupervisedWorker(Worker):
                 continue
             try:
                 return await handle.request(request, on_start)
-            except WorkerCrashed as crash:
+            except WorkerCrashed:
                 if not started:
                     # It never ran: wait for the successor, which takes it.
                     dead = handle
                     await handle.wait_exit()
                     continue
-                if tenant is not None and (crash.stuck is None or
-                                           crash.stuck.split(" ", 1)[0] == str(tenant)):
+                guilty = handle.guilty
+                if tenant is not None and (guilty is None or guilty == tenant):
                     self._quarantine.record_crash(tenant)
                 raise
 

@@ -1,21 +1,32 @@
 """The thread topology: a worker on its own thread with its own event loop.
 
-A thread cannot be killed: a Lua call stuck in C holds its executor thread until it returns,
-and the VM is discarded then. For hard isolation use the process topology.
+A thread cannot be killed: a Lua call stuck in C holds its executor thread until it returns.
+Its tenant is abandoned (quarantined, its callers answered, its VM left to the stuck call) so
+the worker's other tenants carry on, on the remaining Lua threads. For hard isolation use the
+process topology.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
 
-from moonshard.errors import WorkerCrashed
+from moonshard.contracts.worker import (
+    Reply,
+    Request,
+    Stop,
+    TenantLog,
+    WorkerConfig,
+    WorkerHandle,
+)
+from moonshard.errors import MoonshardError, WorkerCrashed
 from moonshard.store import open_store
-from moonshard.worker.api import WorkerHandle
-from moonshard.worker.core import TenantLog, WorkerConfig, WorkerCore
-from moonshard.worker.messages import Request, Stop
+from moonshard.tenants import TenantId
+from moonshard.topology.calls import PendingCalls
+from moonshard.worker.core import WorkerCore
 
 __all__ = ["ThreadWorker"]
 
@@ -26,6 +37,7 @@ class ThreadWorker(WorkerHandle):
     def __init__(self, config: WorkerConfig, log: TenantLog) -> None:
         self._config = config
         self._log = log
+        self._calls = PendingCalls()
         self._core: WorkerCore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -37,6 +49,10 @@ class ThreadWorker(WorkerHandle):
     @property
     def pid(self) -> int | None:
         return None
+
+    @property
+    def guilty(self) -> TenantId | None:
+        return None  # a stuck tenant is abandoned inside the worker, which lives on
 
     async def start(self) -> None:
         owner = asyncio.get_running_loop()
@@ -57,12 +73,14 @@ class ThreadWorker(WorkerHandle):
                 self._start_error = error
         finally:
             self._ready.set()
-            self._owner.call_soon_threadsafe(self._finish, outcome)
+            with contextlib.suppress(RuntimeError):  # the owner's loop is gone already
+                self._owner.call_soon_threadsafe(self._finish, outcome)
 
     def _finish(self, outcome: str) -> None:
         assert self._exit is not None
         if not self._exit.done():
             self._exit.set_result(outcome)
+        self._calls.crashed(WorkerCrashed(f"worker {self._config.index} ended: {outcome}"))
 
     async def _serve(self) -> None:
         async with await open_store(self._config.database_url) as store:
@@ -71,26 +89,42 @@ class ThreadWorker(WorkerHandle):
             self._ready.set()
             await self._core.run()
 
-    async def request(self, request: Request, on_start: Callable[[], None] | None = None) -> Any:
-        core, loop, owner = self._core, self._loop, asyncio.get_running_loop()
-        if core is None or loop is None or loop.is_closed():
+    async def request(self, request: Request,
+                      on_start: Callable[[], None] | None = None) -> Reply:
+        core, loop, owner = self._core, self._loop, self._owner
+        if core is None or loop is None or loop.is_closed() or (
+                self._exit is not None and self._exit.done()):
             raise WorkerCrashed(f"worker {self._config.index} is not running")
+        call_id, reply = self._calls.open(on_start)
 
         def started() -> None:
-            if on_start is not None:
-                owner.call_soon_threadsafe(on_start)
+            owner.call_soon_threadsafe(self._calls.started, call_id)
+
+        def finished(done: concurrent.futures.Future[Reply]) -> None:
+            owner.call_soon_threadsafe(self._settle, call_id, done)
 
         try:
             future = asyncio.run_coroutine_threadsafe(core.handle(request, started), loop)
         except RuntimeError:
+            self._calls.forget(call_id)
             raise WorkerCrashed(f"worker {self._config.index} is not running") from None
-        assert self._exit is not None
-        reply = asyncio.wrap_future(future)
-        done, _ = await asyncio.wait({reply, self._exit}, return_when=asyncio.FIRST_COMPLETED)
-        if reply in done:
-            return reply.result()
-        reply.cancel()
-        raise WorkerCrashed(f"worker {self._config.index} ended: {self._exit.result()}")
+        future.add_done_callback(finished)
+        try:
+            return await reply
+        finally:
+            self._calls.forget(call_id)
+
+    def _settle(self, call_id: int, done: concurrent.futures.Future[Reply]) -> None:
+        if done.cancelled():
+            return  # the worker's loop ended first: its end fails the call
+        error = done.exception()
+        if error is None:
+            self._calls.answered(call_id, done.result())
+        elif isinstance(error, MoonshardError):
+            self._calls.failed(call_id, error)
+        else:
+            self._calls.failed(call_id, MoonshardError(
+                f"internal error in the worker: {type(error).__name__}"))
 
     async def wait_exit(self) -> str:
         assert self._exit is not None
@@ -98,8 +132,10 @@ class ThreadWorker(WorkerHandle):
 
     async def kill(self) -> None:
         # A thread cannot be killed; stopping it at once is the nearest thing.
-        await self.request(Stop(deadline=0.0))
+        await self.stop(0.0)
 
     async def stop(self, deadline: float) -> None:
-        await self.request(Stop(deadline))
+        # The loop may end before the stop's answer crosses back: ending is the answer.
+        with contextlib.suppress(WorkerCrashed):
+            await self.request(Stop(deadline))
         await self.wait_exit()

@@ -1,0 +1,151 @@
+"""Running one event through a tenant's VM: one handler run, and one transaction, per template.
+
+``HandlerRunner`` opens the capabilities of each run from ``CAPABILITIES`` (family -> factory;
+the one place a capability is wired in), drives the handler, and commits everything the run
+asked for (kv writes, schedules and cancellations, emitted events) in one store transaction
+(``RunStore.commit_run``). Only after that commit does it tell its owner (``on_commit``), who
+arms timers and hands emitted events on. A failed handler, or a failed commit, leaves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+from moonshard.contracts.host import Capability, RunScope
+from moonshard.errors import LimitExceeded
+from moonshard.events import Event, HandlerResult
+from moonshard.host.events import EventsCapability
+from moonshard.host.kv import KVSession
+from moonshard.host.ratelimit import GcraLimiter
+from moonshard.limits import Limits
+from moonshard.sandbox.driver import StepRunner, drive
+from moonshard.sandbox.vm import TenantVM
+from moonshard.store.api import RunCommit, RunEffects, RunLimits, Store
+from moonshard.templates import Template, TemplateSet
+from moonshard.tenants import TenantId
+
+__all__ = ["CAPABILITIES", "CapabilityFactory", "HandlerRunner", "RunContext", "merge_effects"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunContext:
+    """What a capability of one handler run may use."""
+
+    tenant: TenantId
+    template: Template
+    event: Event
+    limits: Limits
+    store: Store
+    rate_limiter: GcraLimiter
+
+
+CapabilityFactory = Callable[[RunContext], Capability]
+"""Opens one capability for one handler run; if it is also a ``RunScope``, its effects are
+committed with the run."""
+
+
+def _kv(run: RunContext) -> Capability:
+    return KVSession(run.store.kv, run.tenant, run.limits, run.rate_limiter)
+
+
+def _events(run: RunContext) -> Capability:
+    return EventsCapability(run.tenant, run.limits, run.store.timers, author=run.event.author)
+
+
+CAPABILITIES: Mapping[str, CapabilityFactory] = MappingProxyType({"kv": _kv, "events": _events})
+"""The capabilities of every handler run, by family (``ctx.<family>``)."""
+
+OnCommit = Callable[[TenantId, RunCommit], None]
+"""Told what a run's commit stored: its owner arms timers and hands emitted events on."""
+
+
+def merge_effects(parts: list[RunEffects]) -> RunEffects:
+    """The effects of a run's capabilities as one."""
+    return RunEffects(
+        writes=tuple(write for part in parts for write in part.writes),
+        events=tuple(op for part in parts for op in part.events),
+        emits=tuple(emit for part in parts for emit in part.emits))
+
+
+class HandlerRunner:
+    """Runs events through VMs of one store, with the capabilities of ``capabilities``."""
+
+    __slots__ = ("_capabilities", "_clock", "_limits", "_log", "_on_commit", "_store")
+
+    def __init__(
+        self, store: Store, limits: Limits, log: Callable[[TenantId, str, str, str], None], *,
+        on_commit: OnCommit | None = None,
+        capabilities: Mapping[str, CapabilityFactory] = CAPABILITIES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._limits = limits
+        self._log = log
+        self._on_commit = on_commit
+        self._capabilities = capabilities
+        self._clock = clock
+
+    async def run_event(
+        self, vm: TenantVM, template_set: TemplateSet, event: Event,
+        rate_limiter: GcraLimiter, run_step: StepRunner[object],
+    ) -> list[HandlerResult]:
+        """Runs ``event`` through every subscribing template, in name order; each handler is
+        reported done only after its commit."""
+        results: list[HandlerResult] = []
+        for template in template_set.subscribers(event.name):
+            if vm.broken is not None:
+                results.append(HandlerResult(
+                    template.name, False,
+                    error=f"not run: the tenant's VM broke its {vm.broken} limit in this event"))
+                continue
+            results.append(await self._run_one(vm, template, event, rate_limiter, run_step))
+        return results
+
+    async def _run_one(
+        self, vm: TenantVM, template: Template, event: Event, rate_limiter: GcraLimiter,
+        run_step: StepRunner[object],
+    ) -> HandlerResult:
+        tenant = vm.tenant
+        run = vm.start_handler(template.name, template.version, event)
+        if run is None:
+            return HandlerResult(template.name, False,
+                                 error="the template is not loaded in this VM")
+        context = RunContext(tenant, template, event, self._limits, self._store, rate_limiter)
+        capabilities = {family: factory(context)
+                        for family, factory in self._capabilities.items()}
+        scopes: list[RunScope] = [cap for cap in capabilities.values()
+                                  if isinstance(cap, RunScope)]
+        result = await drive(run, capabilities, run_step)
+        if result.ok:
+            result = await self._commit(tenant, template, scopes, result)
+        else:
+            for scope in scopes:
+                scope.discard()
+        if not result.ok:
+            detail = f"\n{result.traceback}" if result.traceback else ""
+            self._log(tenant, "error", template.name,
+                      f"{event.name} handler failed: {result.error}{detail}")
+        return result
+
+    async def _commit(
+        self, tenant: TenantId, template: Template, scopes: list[RunScope],
+        result: HandlerResult,
+    ) -> HandlerResult:
+        effects = merge_effects([scope.take_effects() for scope in scopes])
+        limits = self._limits
+        try:
+            commit = await self._store.runs.commit_run(
+                tenant, effects, now=self._clock(), limits=RunLimits(
+                    max_keys=limits.keys_per_tenant, max_pending=limits.scheduled_per_tenant,
+                    max_emits=limits.emits_per_dispatch))
+        except LimitExceeded as error:
+            return HandlerResult(template.name, False, error=f"commit refused: {error}",
+                                 limit=None)
+        except Exception as error:  # the store failed: the run is not done, nothing is stored
+            return HandlerResult(template.name, False, error=f"commit failed: {error}")
+        if self._on_commit is not None:
+            self._on_commit(tenant, commit)
+        return result
