@@ -411,7 +411,7 @@ async def test_the_least_recently_used_idle_vm_goes_past_the_cap(
                            max_resident_vms=2) as engine:
         for tenant in tenants:
             await engine.templates.put(tenant, "counter", {"init.lua": COUNTER})
-        first, second, third = tenants
+        first, _second, _third = tenants
         for tenant in tenants:
             assert (await engine.dispatch(tenant, Event("NOTHING")))[0].ok
 
