@@ -126,6 +126,23 @@ class Engine:
         # Subscriptions per tenant, so gateway events nobody handles are dropped at the door.
         self._subscriptions: OrderedDict[TenantId, frozenset[str]] = OrderedDict()
         self.templates = TemplatesAPI(store, pool, limits, self._remember_subscriptions)
+        self._workers_stop: asyncio.Task[None] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop_workers`` has been called: requests now fail fast."""
+        return self._workers_stop is not None
+
+    async def stop_workers(self, deadline: float) -> None:
+        """Stops the worker pool, giving queued and running events ``deadline`` seconds.
+
+        The first call decides the deadline; later calls wait for the same stop. It is
+        shielded: a caller that is cancelled does not cut the stop short. ``open`` calls it
+        on leaving its block.
+        """
+        if self._workers_stop is None:
+            self._workers_stop = asyncio.create_task(self.pool.stop(deadline))
+        await asyncio.shield(self._workers_stop)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -155,12 +172,16 @@ class Engine:
             await pool.start()
             try:
                 engine = cls(store, pool, limits, max_background, observer)
-                try:
-                    yield engine
-                finally:
-                    await engine._drain_background()
-            finally:
+            except BaseException:
                 await pool.stop(stop_deadline)
+                raise
+            try:
+                yield engine
+            finally:
+                try:
+                    await engine._drain_background()
+                finally:
+                    await engine.stop_workers(stop_deadline)
 
     # -- events ----------------------------------------------------------------------------
     async def dispatch(self, tenant: TenantId, event: Event) -> list[HandlerResult]:

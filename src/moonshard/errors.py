@@ -9,6 +9,7 @@ __all__ = [
     "NotBuiltError",
     "Overloaded",
     "SchemaError",
+    "StoreUnavailable",
     "TemplateError",
     "TenantQuarantined",
     "ValueConversionError",
@@ -62,6 +63,11 @@ class HostCallError(MoonshardError):
 
 class SchemaError(MoonshardError):
     """The database schema cannot be used by this version of moonshard."""
+
+
+class StoreUnavailable(MoonshardError):
+    """The database cannot be opened or reached: the message names it (never its password)
+    and the cause, in one line."""
 
 
 class NotBuiltError(MoonshardError):

@@ -56,9 +56,12 @@ def serve(config_file: Path | None, **flags: str | None) -> None:
     except Exception as error:
         # A refusal raised inside the engine's task group arrives wrapped in a group.
         leaf = _sole_cause(error)
-        if not isinstance(leaf, ConfigError | MoonshardError):
-            raise
-        _say(f"error: {leaf}")
+        if isinstance(leaf, ConfigError | MoonshardError):
+            _say(f"error: {leaf}")
+        else:
+            # Not a failure moonshard foresaw: still one line, with its type for a report.
+            text = str(leaf).strip().splitlines()[0] if str(leaf).strip() else ""
+            _say(f"error: unexpected {type(leaf).__name__}" + (f": {text}" if text else ""))
         sys.exit(1)
     sys.exit(code)
 
