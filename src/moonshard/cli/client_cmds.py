@@ -15,11 +15,10 @@ from types import MappingProxyType
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from moonshard.cli.exec_cmd import read_template_dir
+from moonshard.cli.output import Printer
 from moonshard.cli.remote import client_options, open_remote, print_json
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
@@ -55,6 +54,10 @@ def _when(seconds: object) -> str:
 def _compact(value: object, width: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _whole_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _parse_json_argument(text: str, what: str, *, fallback_to_string: bool) -> JsonValue:
@@ -118,13 +121,10 @@ def template_ls(tenant_text: str, url: str | None, token: str | None, as_json: b
     if not templates:
         click.echo(f"{tenant} has no templates")
         return
-    table = Table(title=f"templates of {tenant}")
-    for column in ("name", "version", "events", "paused", "updated"):
-        table.add_column(column)
-    for item in templates:
-        table.add_row(item["name"], str(item["version"]), ", ".join(item["events"]),
-                      "yes" if item["paused"] else "", _when(item["updated_at"]))
-    Console().print(table)
+    Printer().table(
+        f"templates of {tenant}", ("name", "version", "events", "paused", "updated"),
+        [(item["name"], str(item["version"]), ", ".join(item["events"]),
+          "yes" if item["paused"] else "", _when(item["updated_at"])) for item in templates])
 
 
 @template.command("show")
@@ -140,13 +140,15 @@ def template_show(name: str, tenant_text: str, url: str | None, token: str | Non
     if as_json:
         print_json(shown)
         return
-    console = Console(highlight=False)
-    console.print(Text(f"{shown['name']} (version {shown['version']})", style="bold"),
-                  Text(f" handles {', '.join(shown['events']) or 'nothing'}"
-                       f"{' (paused)' if shown['paused'] else ''}"))
+    printer = Printer()
+    printer.line(Text(f"{shown['name']} (version {shown['version']})", style="bold"),
+                 f" handles {', '.join(shown['events']) or 'nothing'}"
+                 f"{' (paused)' if shown['paused'] else ''}")
     for path, source in sorted(shown["files"].items()):
-        console.print(Text(f"\n-- {path}", style="bold cyan"))
-        console.print(Text(source.rstrip("\n")))
+        printer.line("")
+        printer.line(Text(f"-- {path}", style="bold cyan"))
+        # The source exactly as stored, whatever the width of the terminal or the pipe.
+        printer.line(Text(source.rstrip("\n")))
 
 
 @template.command("rm")
@@ -201,14 +203,14 @@ def _print_results(tenant: str, event_name: str, answer: dict[str, Any]) -> None
     if not results:
         click.echo(f"no template of {tenant} handles {event_name} (event {answer['event_id']})")
         return
-    console = Console(highlight=False)
+    printer = Printer()
     for result in results:
         if result["ok"]:
-            console.print(Text(f"{result['template']}: ok", style="green"),
-                          Text(json.dumps(result.get("value"), ensure_ascii=False)))
+            printer.line(Text(f"{result['template']}: ok", style="green"), " ",
+                         json.dumps(result.get("value"), ensure_ascii=False))
         else:
-            console.print(Text(f"{result['template']}: failed", style="bold red"),
-                          Text(str(result.get("error"))))
+            printer.line(Text(f"{result['template']}: failed", style="bold red"), " ",
+                         str(result.get("error")))
 
 
 # -- kv --------------------------------------------------------------------------------------
@@ -249,13 +251,13 @@ def kv_ls(tenant_text: str, scope: str, prefix: str, limit: int, after: str | No
         click.echo(f"no keys in scope {scope} of {tenant}" +
                    (f" starting with {prefix!r}" if prefix else ""))
         return
-    table = Table(title=f"{tenant} scope {scope}")
-    for column in ("key", "value", "version", "updated", "expires"):
-        table.add_column(column)
-    for record in page["items"]:
-        table.add_row(record["key"], _compact(record["value"]), str(record["version"]),
-                      _when(record["updated_at"]), _when(record["expires_at"]))
-    Console().print(table)
+    printer = Printer()
+    # On a terminal long values are shortened to keep the table readable; piped, whole.
+    shown = _compact if printer.terminal else _whole_json
+    printer.table(f"{tenant} scope {scope}", ("key", "value", "version", "updated", "expires"),
+                  [(record["key"], shown(record["value"]), str(record["version"]),
+                    _when(record["updated_at"]), _when(record["expires_at"]))
+                   for record in page["items"]])
     if page["next"] is not None:
         click.echo(f"more: --after {json.dumps(page['next'], ensure_ascii=False)}", err=True)
 
@@ -331,7 +333,7 @@ def logs(tenant_text: str, follow: bool, limit: int, url: str | None, token: str
     """Print (and with --follow, follow) a tenant's log."""
     tenant = _tenant(tenant_text)
     remote = open_remote(url, token)
-    console = Console(highlight=False, soft_wrap=True)
+    printer = Printer()
     params: dict[str, str | int | bool] = {"follow": follow, "limit": limit}
     try:
         for raw in remote.lines(f"/v1/tenants/{_segment(tenant)}/logs", params):
@@ -340,8 +342,7 @@ def logs(tenant_text: str, follow: bool, limit: int, url: str | None, token: str
             if as_json:
                 click.echo(raw)
                 continue
-            console.print(_log_text(json.loads(raw)))
-            sys.stdout.flush()
+            printer.line(_log_text(json.loads(raw)))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -366,15 +367,64 @@ def token_group() -> None:
 
 @token_group.command("create")
 @_tenant_option
+@click.option("--label", help="What the token is for (shown by 'token ls').")
 @client_options
-def token_create(tenant_text: str, url: str | None, token: str | None, as_json: bool) -> None:
+def token_create(tenant_text: str, label: str | None, url: str | None, token: str | None,
+                 as_json: bool) -> None:
     """Print a new token that reaches TENANT only. It is shown once: keep it."""
     tenant = _tenant(tenant_text)
-    created = open_remote(url, token).call("POST", "/v1/tokens", body={"tenant": tenant}).json()
+    body: dict[str, JsonValue] = {"tenant": tenant}
+    if label is not None:
+        body["label"] = label
+    created = open_remote(url, token).call("POST", "/v1/tokens", body=body).json()
     if as_json:
         print_json(created)
     else:
         click.echo(created["token"])
+        click.echo(f"token {created['id']} reaches {tenant} only; it is shown this once",
+                   err=True)
+
+
+@token_group.command("ls")
+@client_options
+def token_ls(url: str | None, token: str | None, as_json: bool) -> None:
+    """List tokens: ids, tenants, labels, creation and last use (never the secret)."""
+    tokens = open_remote(url, token).call("GET", "/v1/tokens").json()
+    if as_json:
+        print_json(tokens)
+        return
+    Printer().table("tokens", ("id", "tenant", "label", "created", "last used"), [
+        (item["id"], item["tenant"] or "(admin: every tenant)", item["label"] or "",
+         _when(item["created_at"]), _when(item["last_used_at"]) or "never")
+        for item in tokens])
+
+
+@token_group.command("revoke")
+@click.argument("token_id", metavar="ID")
+@client_options
+def token_revoke(token_id: str, url: str | None, token: str | None, as_json: bool) -> None:
+    """End the token ID (see 'token ls') at once."""
+    open_remote(url, token).call("DELETE", f"/v1/tokens/{_segment(token_id)}")
+    if as_json:
+        print_json({"revoked": token_id})
+    else:
+        click.echo(f"revoked {token_id}")
+
+
+@token_group.command("rotate-admin")
+@client_options
+def token_rotate_admin(url: str | None, token: str | None, as_json: bool) -> None:
+    """Replace the admin token: the old one stops working at once. The server writes the
+    new one to its admin token file; it is printed too."""
+    rotated = open_remote(url, token).call("POST", "/v1/tokens/rotate-admin").json()
+    if as_json:
+        print_json(rotated)
+        return
+    click.echo(rotated["token"])
+    where = f"written to {rotated['file']}" if rotated.get("file") else \
+        "not written to any file: keep it"
+    click.echo(f"new admin token {rotated['id']}, {where}; the old one no longer works",
+               err=True)
 
 
 def client_commands() -> list[click.Command]:

@@ -8,10 +8,12 @@ input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -27,6 +29,7 @@ from moonshard.errors import MoonshardError, Overloaded, WorkerCrashed, WorkerUn
 from moonshard.events import Event
 from moonshard.host.kv import FIND_LIMIT, KVSession
 from moonshard.host.ratelimit import GcraLimiter
+from moonshard.server.answers import RotatedAdminToken, TokenCreated, TokenItem
 from moonshard.server.errors import ApiError, api_error_from, error_response
 from moonshard.server.logbook import LogBook, LogLine
 from moonshard.server.metrics import CONTENT_TYPE, Metrics
@@ -36,7 +39,7 @@ from moonshard.store.api import TokenInfo, TokenStore
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "AdminTokenHome", "create_app"]
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 # Longer than any token moonshard makes; a longer one is not looked up at all.
@@ -117,9 +120,20 @@ def _reached_tenant(
 Tenant = Annotated[TenantId, Depends(_reached_tenant)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminTokenHome:
+    """Where the admin token lives: a setting (then it cannot be rotated through the API) or
+    a file that ``write(file, token)`` replaces."""
+
+    setting: str | None = None
+    file: pathlib.Path | None = None
+    write: Callable[[pathlib.Path, str], None] | None = None
+
+
 def create_app(
     engine: Engine, *, logbook: LogBook, metrics: Metrics, tokens: TokenStore | None = None,
     max_body_bytes: int = MAX_BODY_BYTES, kv_limiter: GcraLimiter | None = None,
+    admin_token: AdminTokenHome | None = None,
 ) -> FastAPI:
     """The ASGI app of one engine. ``tokens`` defaults to the engine's store's tokens;
     ``kv_limiter`` rate-limits the API's kv calls per tenant (default: ``ctx.kv``'s rates)."""
@@ -375,13 +389,56 @@ def create_app(
     # -- tokens ----------------------------------------------------------------------------
     @app.post("/v1/tokens", tags=["tokens"], status_code=201,
               responses=_errors(*_AUTHED, 400))
-    async def create_token(body: TokenBody, _: Admin) -> dict[str, str]:
+    async def create_token(body: TokenBody, _: Admin) -> TokenCreated:
         """A new token that reaches that tenant only (admin token only); shown once."""
         try:
             tenant = TenantId.parse(body.tenant)
         except ValueError as error:
             raise ApiError(422, "invalid_tenant", str(error)) from None
-        return {"token": await token_store.create(tenant), "tenant": str(tenant)}
+        try:
+            info, token = await token_store.issue(tenant, body.label)
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        return TokenCreated(id=info.id, token=token, tenant=str(tenant), label=info.label)
+
+    @app.get("/v1/tokens", tags=["tokens"], responses=_errors(*_AUTHED))
+    async def list_tokens(_: Admin) -> list[TokenItem]:
+        """Every token (admin token only): ids, tenants, labels, times; never a secret."""
+        return [TokenItem.model_validate(info.to_json())
+                for info in await token_store.list_tokens()]
+
+    @app.delete("/v1/tokens/{token_id}", tags=["tokens"], status_code=204,
+                response_class=Response, responses=_errors(*_AUTHED, 404, 409))
+    async def revoke_token(token_id: Annotated[str, Path(max_length=100)], _: Admin) -> Response:
+        """Ends a tenant token at once (admin token only). The admin token is replaced with
+        ``POST /v1/tokens/rotate-admin`` instead (409)."""
+        try:
+            revoked = await token_store.revoke_id(token_id)
+        except ValueError as error:
+            raise ApiError(409, "conflict", str(error)) from None
+        if revoked is None:
+            raise ApiError(404, "not_found", f"no token {token_id!r}")
+        return Response(status_code=204)
+
+    @app.post("/v1/tokens/rotate-admin", tags=["tokens"],
+              responses=_errors(*_AUTHED, 409))
+    async def rotate_admin_token(_: Admin) -> RotatedAdminToken:
+        """Replaces the admin token (admin token only): the old one stops working at once,
+        the new one is written to the admin token file and answered this once."""
+        home = admin_token or AdminTokenHome()
+        if home.setting is not None:
+            raise ApiError(409, "conflict", f"the admin token is set by {home.setting}: "
+                           "change that setting and restart instead")
+        info, token = await token_store.rotate_admin()
+        written: str | None = None
+        if home.file is not None and home.write is not None:
+            try:
+                home.write(home.file, token)
+                written = str(home.file)
+            except OSError as error:
+                _log.warning("the new admin token could not be written to %s: %s",
+                             home.file, error.strerror)
+        return RotatedAdminToken(id=info.id, token=token, file=written)
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -25,7 +25,7 @@ import uvicorn
 from moonshard.config import ConfigError, Settings
 from moonshard.engine import Engine
 from moonshard.errors import SchemaError, StoreUnavailable
-from moonshard.server.app import create_app
+from moonshard.server.app import AdminTokenHome, create_app
 from moonshard.server.logbook import LogBook
 from moonshard.server.metrics import Metrics
 from moonshard.store import safe_url
@@ -34,7 +34,7 @@ from moonshard.topology.pool import Topology
 if TYPE_CHECKING:
     from moonshard.store.api import TokenStore
 
-__all__ = ["check_buildable", "ensure_admin_token", "listen", "serve"]
+__all__ = ["check_buildable", "ensure_admin_token", "listen", "serve", "write_admin_token"]
 
 # The exit status of a stop forced by a second signal.
 EXIT_FORCED = 130
@@ -98,13 +98,20 @@ async def ensure_admin_token(tokens: TokenStore, settings: Settings) -> str:
         except ValueError as error:
             raise ConfigError(f"{path}: {error}") from None
         return str(path)
-    token = await tokens.create(None)
+    # No file (first start, or it was deleted): a new admin token, and the old one, whoever
+    # may still hold it, ends in the same step.
+    _, token = await tokens.rotate_admin()
     try:
-        _write_private(path, token + "\n")
+        write_admin_token(path, token)
     except OSError as error:
         await tokens.revoke(token)
         raise ConfigError(f"cannot write the admin token file {path}: {error.strerror}") from None
     return str(path)
+
+
+def write_admin_token(path: Path, token: str) -> None:
+    """Writes the admin token file (mode 0600), replacing it in one step."""
+    _write_private(path, token + "\n")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -201,7 +208,8 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
         async with _opened_engine(settings, topology, logbook, metrics) as engine:
             stopper.engine = engine
             where = await ensure_admin_token(engine.store.tokens, settings)
-            app = create_app(engine, logbook=logbook, metrics=metrics)
+            app = create_app(engine, logbook=logbook, metrics=metrics,
+                             admin_token=_admin_token_home(settings))
             # uvicorn's own cut-off would answer a plain-text 500 to every request still
             # waiting; ours comes first (the deadline, then the workers' stop), so it is
             # only a backstop.
@@ -252,6 +260,12 @@ async def _opened_engine(settings: Settings, topology: Topology, logbook: LogBoo
             raise
     else:
         await opened.__aexit__(None, None, None)
+
+
+def _admin_token_home(settings: Settings) -> AdminTokenHome:
+    if settings.admin_token is not None:
+        return AdminTokenHome(setting=settings.source_of("ADMIN_TOKEN"))
+    return AdminTokenHome(file=settings.admin_token_path, write=write_admin_token)
 
 
 def _setting(name: str, settings: Settings) -> str:
