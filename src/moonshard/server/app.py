@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from moonshard.engine import Engine
-from moonshard.errors import MoonshardError, Overloaded, WorkerCrashed, WorkerUnavailable
+from moonshard.errors import MoonshardError, Overloaded
 from moonshard.events import Event
 from moonshard.host.kv import FIND_LIMIT, KVSession
 from moonshard.host.ratelimit import GcraLimiter
@@ -270,12 +270,7 @@ def create_app(
         if not wait:
             return JSONResponse({"event_id": engine.dispatch_nowait(tenant, event)},
                                 status_code=202)
-        try:
-            results = await engine.dispatch(tenant, event)
-        except (WorkerCrashed, WorkerUnavailable) as error:
-            if not engine.stopping:
-                raise
-            raise _stopped_before_answer(event, error) from None
+        results = await engine.dispatch(tenant, event)
         return JSONResponse({"event_id": event.id,
                              "results": [result.to_json() for result in results]})
 
@@ -443,26 +438,6 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
-
-
-def _stopped_before_answer(event: Event, error: MoonshardError) -> ApiError:
-    """The 503 of an awaited event that the service's stop ended before it answered.
-
-    A committed event is answered normally (its results); this one either never ran or was
-    stopped while running, and then its writes are not committed (a handler's writes
-    commit in one transaction when it returns, and the answer follows the commit).
-    """
-    # The supervisor and the worker refuse a request they did not begin with "... is
-    # stopping"; anything else (a crash, "the worker stopped") happened while it ran.
-    started = isinstance(error, WorkerCrashed) or "is stopping" not in str(error)
-    if started:
-        message = ("the server stopped while this event was running: it did not finish, "
-                   "and none of its writes were committed")
-    else:
-        message = ("the server stopped before this event started: it did not run, and "
-                   "nothing of it was stored; send it again")
-    return ApiError(503, "shutting_down", message, fields={
-        "event_id": event.id, "event": "started" if started else "not_started"})
 
 
 def _ndjson(line: LogLine) -> str:

@@ -170,14 +170,8 @@ class _Stopper:
     def _kill_workers(self) -> None:
         # A worker process whose parent vanished would report its broken socket on the
         # shared stderr: end it first, so the forced stop stays one line.
-        if self.engine is None:
-            return
-        for worker in self.engine.pool.workers:
-            handle = worker.current
-            pid = handle.pid if handle is not None else None
-            if pid is not None and pid != os.getpid():
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.engine is not None:
+            self.engine.kill_worker_processes()
 
     @contextlib.contextmanager
     def installed(self) -> Generator[None, None, None]:
