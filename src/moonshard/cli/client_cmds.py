@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from types import MappingProxyType
@@ -322,19 +323,53 @@ def kv_rm(key: str, tenant_text: str, scope: str, url: str | None, token: str | 
 
 
 # -- logs ------------------------------------------------------------------------------------
+_SINCE_UNITS = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86_400})
+
+
+def _since(text: str | None) -> float | None:
+    """``--since``: a duration back from now (``90s``, ``10m``, ``2h``, ``7d``), unix seconds,
+    or an ISO 8601 time (local time when it has no offset)."""
+    if text is None:
+        return None
+    value = text.strip()
+    try:
+        if value[-1:] in _SINCE_UNITS and value[:-1]:
+            return time.time() - float(value[:-1]) * _SINCE_UNITS[value[-1]]
+        if value.replace(".", "", 1).isdigit():
+            return float(value)
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except (ValueError, OverflowError):
+        raise click.BadParameter(
+            "use a duration (90s, 10m, 2h, 7d), unix seconds or an ISO 8601 time",
+            param_hint="--since") from None
+
+
 @click.command("logs")
 @_tenant_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they come.")
 @click.option("--limit", type=click.IntRange(0, 1000), default=100, show_default=True,
               help="How many recent lines first.")
+@click.option("--level", type=click.Choice(["debug", "info", "warn", "error"]),
+              help="Only lines at this level or more severe.")
+@click.option("--template", "template_name", help="Only lines of this template.")
+@click.option("--since", "since_text",
+              help="Only lines since then: 10m, 2h, 7d, unix seconds or an ISO 8601 time.")
 @client_options
-def logs(tenant_text: str, follow: bool, limit: int, url: str | None, token: str | None,
-         as_json: bool) -> None:
+def logs(tenant_text: str, follow: bool, limit: int, level: str | None,
+         template_name: str | None, since_text: str | None, url: str | None,
+         token: str | None, as_json: bool) -> None:
     """Print (and with --follow, follow) a tenant's log."""
     tenant = _tenant(tenant_text)
+    since = _since(since_text)
     remote = open_remote(url, token)
     printer = Printer()
     params: dict[str, str | int | bool] = {"follow": follow, "limit": limit}
+    if level is not None:
+        params["level"] = level
+    if template_name is not None:
+        params["template"] = template_name
+    if since is not None:
+        params["since"] = repr(since)
     try:
         for raw in remote.lines(f"/v1/tenants/{_segment(tenant)}/logs", params):
             if not raw.strip():

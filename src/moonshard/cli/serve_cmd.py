@@ -38,6 +38,8 @@ def _say(message: str) -> None:
 @click.option("--ray-address", help="The Ray cluster (not built yet)")
 @click.option("--stop-deadline", help="Seconds in-flight work gets to finish when stopping "
               "[default: 30]")
+@click.option("--log-lines", help="Log lines kept per tenant [default: 1000]")
+@click.option("--log-days", help="Days a tenant's log line is kept [default: 7]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML settings file [default: ./moonshard.toml when it exists]")
 def serve(config_file: Path | None, **flags: str | None) -> None:

@@ -15,7 +15,7 @@ import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +36,7 @@ from moonshard.server.metrics import CONTENT_TYPE, Metrics
 from moonshard.server.middleware import BodyLimit, RequestMetrics
 from moonshard.server.models import EventBody, GatewayBody, KVBody, TemplateBody, TokenBody
 from moonshard.store.api import TokenInfo, TokenStore
+from moonshard.store.tenantlog import LogQuery, levels_from
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
@@ -46,6 +47,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 _MAX_TOKEN_CHARS = 256
 _MAX_LOG_LINES = 1000
 _log = logging.getLogger(__name__)
+LogLevel = Literal["debug", "info", "warn", "error"]
 
 _STATUS_CODES = MappingProxyType({
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -219,7 +221,7 @@ def create_app(
             "vm": {**vm, "worker": health["index"]},
             "worker": health,
             "quarantined_until": engine.pool.quarantine.quarantined().get(str(tenant)),
-            "recent_errors": [line.to_json() for line in logbook.recent_errors(tenant)],
+            "recent_errors": [line.to_json() for line in await logbook.recent_errors(tenant)],
             "counters": metrics.tenant_counters(tenant).to_json(),
         }
 
@@ -369,16 +371,25 @@ def create_app(
         follow: Annotated[bool, Query(description="Keep the stream open for new lines")] = False,
         limit: Annotated[int, Query(ge=0, le=_MAX_LOG_LINES,
                                     description="How many recent lines first")] = 100,
+        level: Annotated[LogLevel | None, Query(
+            description="Only lines at this level or more severe")] = None,
+        template: Annotated[str | None, Query(
+            max_length=200, description="Only lines of this template")] = None,
+        since: Annotated[float | None, Query(
+            ge=0, le=1e11, description="Only lines written at or after (unix seconds)")] = None,
     ) -> Response:
+        query = LogQuery(levels=None if level is None else levels_from(level),
+                         template=template, since=since)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         if not follow:
-            return Response("".join(_ndjson(line) for line in logbook.recent(tenant, limit)),
+            lines = await logbook.recent(tenant, limit, query)
+            return Response("".join(_ndjson(line) for line in lines),
                             media_type="application/x-ndjson", headers=headers)
         if logbook.follower_count >= logbook.max_followers:
             # Each follower holds a queue: their number is bounded like everything else.
             raise Overloaded(f"{logbook.follower_count} log streams are open already",
                              retry_after=5.0)
-        return StreamingResponse(_follow(logbook, tenant, limit),
+        return StreamingResponse(_follow(logbook, tenant, query, limit),
                                  media_type="application/x-ndjson", headers=headers)
 
     # -- tokens ----------------------------------------------------------------------------
@@ -445,10 +456,10 @@ def _ndjson(line: LogLine) -> str:
     return json.dumps(line.to_json()) + "\n"
 
 
-async def _follow(logbook: LogBook, tenant: TenantId, backlog: int) -> AsyncIterator[str]:
-    # Subscribe before reading the backlog (no await between): no line is missed or doubled.
-    with logbook.follow(tenant) as follower:
-        for line in logbook.recent(tenant, backlog):
+async def _follow(logbook: LogBook, tenant: TenantId, query: LogQuery,
+                  backlog: int) -> AsyncIterator[str]:
+    async with logbook.follow(tenant, query, backlog) as (lines, follower):
+        for line in lines:
             yield _ndjson(line)
         async for line in follower:
             yield _ndjson(line)

@@ -196,11 +196,12 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
     topology: Topology = "thread" if settings.topology == "thread" else "process"
     stopper = _Stopper(say, settings.stop_deadline)
     with sock, stopper.installed():
-        logbook = LogBook()
+        logbook = LogBook(keep_lines=settings.log_lines, keep_days=settings.log_days)
         metrics = Metrics()
         stopper.logbook = logbook
         async with _opened_engine(settings, topology, logbook, metrics) as engine:
             stopper.engine = engine
+            logbook.attach(engine.store.logs)
             where = await ensure_admin_token(engine.store.tokens, settings)
             app = create_app(engine, logbook=logbook, metrics=metrics,
                              admin_token=_admin_token_home(settings))
@@ -219,6 +220,7 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
             say(f"admin token: {where}")
             say(f"listening on http://{shown}:{port} (Ctrl-C to stop)")
             async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(logbook.run(engine.store.logs))
                 enforcer = tasks.create_task(
                     _enforce_deadline(engine, server, stopper, settings.stop_deadline, say))
                 if not stopper.requested.is_set():
@@ -226,11 +228,13 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
                 sock.close()  # uvicorn closes it too; before serving, nobody else would
                 await _finish_background(engine, stopper.requested_at, settings.stop_deadline)
                 enforcer.cancel()  # a stop it began goes on: Engine.stop_workers is shielded
-            # The workers' own drain (timers, events they emitted) gets what is left of the
-            # deadline, so the whole stop fits in the deadline and the hard limit.
-            loop = asyncio.get_running_loop()
-            since = stopper.requested_at if stopper.requested_at is not None else loop.time()
-            await engine.stop_workers(max(0.0, since + settings.stop_deadline - loop.time()))
+                # The workers' own drain (timers, events they emitted) gets what is left of
+                # the deadline, so the whole stop fits in the deadline and the hard limit.
+                loop = asyncio.get_running_loop()
+                since = stopper.requested_at if stopper.requested_at is not None \
+                    else loop.time()
+                await engine.stop_workers(max(0.0, since + settings.stop_deadline - loop.time()))
+                logbook.stop()  # the workers' last lines are stored before the store closes
     say("stopped")
     return 0
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Self
 from moonshard.values import JsonValue
 
 if TYPE_CHECKING:
+    from moonshard.store.tenantlog import TenantLogStore
     from moonshard.templates import Template, TemplateSet
     from moonshard.tenants import TenantId
 
@@ -512,6 +513,7 @@ class Store(abc.ABC):
     tenants: TenantStateStore
     tokens: TokenStore
     timers: TimerStore
+    logs: TenantLogStore
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -56,6 +56,7 @@ from moonshard.store.api import (
     hash_token,
 )
 from moonshard.store.migrations import migrate_postgres
+from moonshard.store.postgres_logs import PostgresTenantLogStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, dumps_json, loads_json
@@ -220,7 +221,7 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
 class PostgresStore(Store):
     """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    __slots__ = ("_pool", "kv", "schema", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_pool", "kv", "logs", "schema", "templates", "tenants", "timers", "tokens")
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
         self._pool = pool
@@ -230,6 +231,7 @@ class PostgresStore(Store):
         self.tenants = PostgresTenantStateStore(pool)
         self.tokens = PostgresTokenStore(pool)
         self.timers = PostgresTimerStore(pool)
+        self.logs = PostgresTenantLogStore(pool)
 
     @classmethod
     async def open_url(cls, database_url: str) -> PostgresStore:

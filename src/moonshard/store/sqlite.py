@@ -56,6 +56,7 @@ from moonshard.store.api import (
     hash_token,
 )
 from moonshard.store.migrations import migrate_sqlite
+from moonshard.store.sqlite_logs import SqliteTenantLogStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, dumps_json, loads_json
@@ -183,7 +184,8 @@ _EVENT_RETRY = "UPDATE scheduled_events SET due_at = ?, attempt = attempt + 1 WH
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "path", "templates", "tenants", "timers", "tokens")
+    __slots__ = ("_reader", "_writer", "kv", "logs", "path", "templates", "tenants", "timers",
+                 "tokens")
 
     def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
         self.path = path
@@ -194,6 +196,7 @@ class SqliteStore(Store):
         self.tenants = SqliteTenantStateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
+        self.logs = SqliteTenantLogStore(writer, reader)
 
     @classmethod
     async def open(
