@@ -204,6 +204,11 @@ class TemplateStore(abc.ABC):
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         """Removes one template and bumps the version; None when it did not exist."""
 
+    @abc.abstractmethod
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        """Tenants that ever saved a template (set version above 0), by kind then id as text,
+        the first ``limit`` after ``after``."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TenantState:

@@ -147,6 +147,9 @@ _TEMPLATE_PUT = (
     " events = EXCLUDED.events, paused = EXCLUDED.paused, version = EXCLUDED.version,"
     " updated_at = EXCLUDED.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_TENANT} AND name = $3"
+_SET_TENANTS = (
+    "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
+    " AND (tenant_kind, tenant_id) > ($1, $2) ORDER BY tenant_kind, tenant_id LIMIT $3")
 # Serialises writers of one tenant's set: the version row is locked (or created) first.
 _SET_LOCK = (
     "INSERT INTO template_sets (tenant_kind, tenant_id, version, updated_at)"
@@ -454,6 +457,11 @@ class PostgresTemplateStore(_Component, TemplateStore):
             return await _read_set(conn, tenant)
 
         return await _retrying(self._pool, body)
+
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        start = ("", "") if after is None else (after.kind, after.id)
+        rows = await self._pool.fetch(_SET_TENANTS, *start, limit)
+        return [TenantId(row[0], row[1]) for row in rows]
 
 
 async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:

@@ -130,6 +130,9 @@ _TEMPLATE_PUT = (
     " events = excluded.events, paused = excluded.paused, version = excluded.version,"
     " updated_at = excluded.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_KV_TENANT} AND name = ?"
+_SET_TENANTS = (
+    "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
+    " AND (tenant_kind, tenant_id) > (?, ?) ORDER BY tenant_kind, tenant_id LIMIT ?")
 
 # -- tenant state ------------------------------------------------------------------------------
 _STATE_GET = f"SELECT flags, limit_overrides FROM tenant_state WHERE {_KV_TENANT}"
@@ -435,6 +438,11 @@ class SqliteTemplateStore(_Component, TemplateStore):
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         return await self._writer.transact(_delete_template, tenant, name, time.time())
 
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        start = ("", "") if after is None else (after.kind, after.id)
+        rows = await self._reader.run(_fetch_all, _SET_TENANTS, (*start, limit))
+        return [TenantId(row[0], row[1]) for row in rows]
+
 
 def _load_set_snapshot(conn: sqlite3.Connection, tenant: TenantId) -> TemplateSet:
     with _snapshot(conn):  # the version and the templates from one snapshot
@@ -602,6 +610,10 @@ def _token_delete_id(conn: sqlite3.Connection, token_id: str) -> TokenInfo | Non
         raise ValueError("that is the admin token: replace it with rotate-admin instead")
     conn.execute(_TOKEN_DELETE_ID, (token_id,))
     return info
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
 
 
 # -- timers ------------------------------------------------------------------------------------
