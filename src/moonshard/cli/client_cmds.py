@@ -1,4 +1,5 @@
-"""The client commands over the HTTP API: ``template``, ``dispatch``, ``kv``, ``logs``, ``token``.
+"""The client commands over the HTTP API: ``template``, ``dispatch``, ``kv``, ``logs``,
+``token``, ``tenant``.
 
 Each prints a readable table (or text) and, with ``--json``, the API's JSON answer. Errors
 are one line on stderr and exit status 1; usage errors exit 2.
@@ -462,6 +463,86 @@ def token_rotate_admin(url: str | None, token: str | None, as_json: bool) -> Non
                err=True)
 
 
+# -- tenant ----------------------------------------------------------------------------------
+@click.group("tenant")
+def tenant_group() -> None:
+    """See tenants and their status (ls needs the admin token)."""
+
+
+def _memory(status: dict[str, Any]) -> str:
+    vm = status.get("vm") or {}
+    if vm.get("resident") is None:
+        return "?"
+    if not vm["resident"]:
+        return "not resident"
+    return f"{(vm.get('memory_bytes') or 0) / (1024 * 1024):.1f} MiB"
+
+
+@tenant_group.command("ls")
+@click.option("--limit", type=click.IntRange(1, 100), default=50, show_default=True,
+              help="Tenants per page.")
+@click.option("--after", help="Start after this tenant (the 'next' of a previous page).")
+@click.option("--all", "every", is_flag=True, help="Follow the pages to the end.")
+@client_options
+def tenant_ls(limit: int, after: str | None, every: bool, url: str | None, token: str | None,
+              as_json: bool) -> None:
+    """List tenants that have templates, with their status."""
+    remote = open_remote(url, token)
+    items: list[dict[str, Any]] = []
+    following: str | None = after
+    while True:
+        params: dict[str, str | int | bool] = {"limit": limit}
+        if following is not None:
+            params["after"] = following
+        page = remote.call("GET", "/v1/tenants", params=params).json()
+        items.extend(page["items"])
+        following = page["next"]
+        if following is None or not every:
+            break
+    if as_json:
+        print_json({"items": items, "next": following})
+        return
+    if not items:
+        click.echo("no tenants")
+        return
+    Printer().table("tenants", ("tenant", "version", "templates", "worker", "vm", "errors"), [
+        (item["tenant"], str(item["template_set_version"]), ", ".join(item["templates"]),
+         str(item["vm"]["worker"]), _memory(item), str(len(item["recent_errors"])))
+        for item in items])
+    if following is not None:
+        click.echo(f"more: --after {following}", err=True)
+
+
+@tenant_group.command("show")
+@click.argument("tenant_text", metavar="TENANT")
+@client_options
+def tenant_show(tenant_text: str, url: str | None, token: str | None, as_json: bool) -> None:
+    """Show one tenant: templates, subscriptions, VM, worker, counters, recent errors."""
+    tenant = _tenant(tenant_text)
+    status = open_remote(url, token).call("GET", f"/v1/tenants/{_segment(tenant)}").json()
+    if as_json:
+        print_json(status)
+        return
+    printer = Printer()
+    vm, worker, counters = status["vm"], status["worker"], status["counters"]
+    printer.line(Text(status["tenant"], style="bold"),
+                 f" (template set version {status['template_set_version']})")
+    printer.line(f"templates: {', '.join(status['templates']) or 'none'}")
+    printer.line(f"subscriptions: {', '.join(status['subscriptions']) or 'none'}")
+    printer.line(f"worker: {worker['index']} ({'up' if worker['up'] else 'down'}, "
+                 f"{worker['restarts']} restarts)")
+    printer.line(f"vm: {_memory(status)}, loaded version {vm.get('loaded_version')}, "
+                 f"{vm.get('queued') or 0} queued{', running' if vm.get('running') else ''}")
+    if status["quarantined_until"] is not None:
+        printer.line(Text(f"quarantined until {_when(status['quarantined_until'])}",
+                          style="bold red"))
+    printer.line("counters: " + ", ".join(f"{name} {value}"
+                                          for name, value in counters.items()))
+    printer.line(f"recent errors: {len(status['recent_errors'])}")
+    for line in status["recent_errors"]:
+        printer.line(_log_text(line))
+
+
 def client_commands() -> list[click.Command]:
-    return [template, dispatch, kv, logs, token_group]
+    return [template, dispatch, kv, logs, token_group, tenant_group]
 
