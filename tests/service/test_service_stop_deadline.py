@@ -37,11 +37,14 @@ def slow(key: str, seconds: float) -> dict[str, object]:
     return {"name": "SLOW", "data": {"key": key, "seconds": seconds}}
 
 
-@pytest.mark.parametrize("topology", ["process", "thread"])
+@pytest.mark.parametrize(("topology", "signalled"), [
+    ("process", "the server"), ("process", "its process group"), ("thread", "the server")])
 async def test_past_the_deadline_each_waiting_event_is_told_how_far_it_got(
-        tmp_path: Path, topology: str) -> None:
+        tmp_path: Path, topology: str, signalled: str) -> None:
     env = {"MOONSHARD_STOP_DEADLINE": "1.5", "MOONSHARD_CPU_LIMIT": "20"}
-    with serving(tmp_path, topology=topology, workers=2, env=env) as served:
+    group = signalled == "its process group"
+    with serving(tmp_path, topology=topology, workers=2, env=env,
+                 own_process_group=group) as served:
         busy, quick = new_guild(), new_guild()
         with served.client() as admin:
             for tenant in (busy, quick):
@@ -56,7 +59,11 @@ async def test_past_the_deadline_each_waiting_event_is_told_how_far_it_got(
             finishing = asyncio.create_task(client.post(
                 f"/v1/tenants/{quick}/events", json=slow("finishing", 0.5)))
             await asyncio.sleep(0.1)
-            served.process.send_signal(signal.SIGTERM)
+            if group:
+                # What a service manager may do: SIGTERM to every process of the group.
+                os.killpg(os.getpgid(served.process.pid), signal.SIGTERM)
+            else:
+                served.process.send_signal(signal.SIGTERM)
             answers = await asyncio.gather(running, queued, finishing)
         code = await asyncio.to_thread(served.process.wait, 120)
         output = served.output()
