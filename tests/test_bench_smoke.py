@@ -78,3 +78,24 @@ def test_a_suite_gives_figures_with_baselines(suite: str, run: Callable[[], list
     for figure in figures:
         _check_figure(figure.to_json(), suite)
         assert figure.baseline is not None, figure.name
+
+
+def test_piped_bench_prints_progress_lines_and_an_exact_table(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    output = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "moonshard", "bench", "--suite", "sandbox", "--quick",
+         "--output", str(output), "--progress-every", "0.2"],
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    progress = done.stderr.splitlines()
+    assert progress[0] == "bench: sandbox started"
+    assert progress[-2].startswith("bench: sandbox finished in ")
+    assert all(line.startswith("bench: sandbox still running, ")
+               for line in progress[1:-2]), progress
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    assert rows[0] == ["suite", "figure", "value", "baseline", "baseline is", "×"]
+    report = json.loads(output.read_text())
+    assert [row[1] for row in rows[1:]] == [figure["name"] for figure in report["figures"]]

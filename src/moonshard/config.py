@@ -81,6 +81,18 @@ def _seconds(value: object) -> float:
     return number
 
 
+def _days(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of days")
+    try:
+        number = float(value) if isinstance(value, int | float) else float(_text(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number of days, got {value!r}") from None
+    if not 0 < number <= 36_500:
+        raise ValueError(f"expected a positive number of days, got {number}")
+    return number
+
+
 def _size(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("expected a size such as 25MiB")
@@ -135,10 +147,13 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("MEMORY_LIMIT", _size),
     _Spec("CPU_LIMIT", _seconds),
     _Spec("RAY_ADDRESS", _optional_text),
-    # Not in SERVICE.md's table: how long a stop waits for in-flight work.
+    # Not in SERVICE.md's table: how long a stop waits for in-flight work, and how much of
+    # each tenant's log is kept (lines, days).
     _Spec("STOP_DEADLINE", _seconds),
     # Not in SERVICE.md's table: the pattern guard's bound on estimated matching steps.
     _Spec("PATTERN_STEPS", _whole(1000, 10**15)),
+    _Spec("LOG_LINES", _whole(1, 10_000_000)),
+    _Spec("LOG_DAYS", _days),
 )
 
 
@@ -222,6 +237,8 @@ class Settings:
     ray_address: str | None = None
     stop_deadline: float = 30.0
     pattern_steps: int = 1_000_000_000
+    log_lines: int = 1000
+    log_days: float = 7.0
     # Which source gave each setting that did not come from its default (for the start-up
     # summary and error messages).
     sources: Mapping[str, str] = dataclasses.field(

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -40,7 +41,13 @@ from moonshard.contracts.worker import (
     WorkerConfig,
     reply_as,
 )
-from moonshard.errors import MoonshardError, Overloaded
+from moonshard.errors import (
+    EventStopped,
+    MoonshardError,
+    Overloaded,
+    WorkerCrashed,
+    WorkerUnavailable,
+)
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.observer import DispatchObserver
@@ -57,6 +64,8 @@ from moonshard.values import JsonValue
 __all__ = ["DEFAULT_DATABASE_URL", "Engine", "GatewayOutcome", "TemplatesAPI"]
 
 DEFAULT_DATABASE_URL = "sqlite:///./moonshard-data/moonshard.db"
+# How long past its stop deadline a worker may take to end before its process is killed.
+_STOP_GRACE_SECONDS = 5.0
 _tenant_logger = logging.getLogger("moonshard.tenant")
 _log = logging.getLogger(__name__)
 
@@ -138,6 +147,43 @@ class Engine:
         # Subscriptions per tenant, so gateway events nobody handles are dropped at the door.
         self._subscriptions: OrderedDict[TenantId, frozenset[str]] = OrderedDict()
         self.templates = TemplatesAPI(store, pool, limits, self._remember_subscriptions)
+        self._workers_stop: asyncio.Task[None] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop_workers`` has been called: requests now fail fast."""
+        return self._workers_stop is not None
+
+    async def stop_workers(self, deadline: float) -> None:
+        """Stops the worker pool, giving queued and running events ``deadline`` seconds.
+
+        The first call decides the deadline; later calls wait for the same stop. It is
+        shielded: a caller that is cancelled does not cut the stop short. ``open`` calls it
+        on leaving its block.
+        """
+        if self._workers_stop is None:
+            self._workers_stop = asyncio.create_task(self._stop_pool(deadline))
+        await asyncio.shield(self._workers_stop)
+
+    async def _stop_pool(self, deadline: float) -> None:
+        stopping = asyncio.ensure_future(self.pool.stop(deadline))
+        done, _ = await asyncio.wait({stopping}, timeout=deadline + _STOP_GRACE_SECONDS)
+        if not done:
+            # A worker process that answered its stop but does not end (it can wait for
+            # events that will never run) must not hold the whole service up.
+            _log.warning("workers did not end %.0f s after their stop deadline: killing "
+                         "their processes", _STOP_GRACE_SECONDS)
+            self.kill_worker_processes()
+        await stopping
+
+    def kill_worker_processes(self) -> None:
+        """Ends every worker process at once (SIGKILL); thread workers are left alone."""
+        for worker in self.pool.workers:
+            handle = worker.current
+            pid = handle.pid if handle is not None else None
+            if pid is not None and pid != os.getpid():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -169,12 +215,16 @@ class Engine:
             await pool.start()
             try:
                 engine = cls(store, pool, limits, max_background, observer)
-                try:
-                    yield engine
-                finally:
-                    await engine._drain_background()
-            finally:
+            except BaseException:
                 await pool.stop(stop_deadline)
+                raise
+            try:
+                yield engine
+            finally:
+                try:
+                    await engine._drain_background()
+                finally:
+                    await engine.stop_workers(stop_deadline)
 
     # -- events ----------------------------------------------------------------------------
     async def dispatch(self, tenant: TenantId, event: Event) -> list[HandlerResult]:
@@ -183,8 +233,37 @@ class Engine:
         Raises ``WorkerCrashed`` if the worker died while running it (it is not re-run),
         ``Overloaded`` when the tenant's queue is full, ``TenantQuarantined``.
         """
-        reply = await self._dispatch(tenant, event)
+        try:
+            reply = await self._dispatch(tenant, event)
+        except (WorkerCrashed, WorkerUnavailable, asyncio.CancelledError) as error:
+            stopped = self._stopped_before_answer(event, error)
+            if stopped is None:
+                raise
+            raise stopped from None
         return reply.results
+
+    def _stopped_before_answer(self, event: Event, error: BaseException) -> EventStopped | None:
+        """What became of an event that the workers' stop ended before it answered; None
+        when the error is not that."""
+        if self._workers_stop is None:
+            return None
+        if isinstance(error, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return None  # our caller is being cancelled: not the workers' doing
+            # A thread worker's loop cancels what is still queued when it ends.
+            started = False
+        else:
+            # The supervisor and the worker refuse a request they did not begin with "...
+            # is stopping"; a crash or "the worker stopped" happened while it ran.
+            started = isinstance(error, WorkerCrashed) or "is stopping" not in str(error)
+        if started:
+            message = ("the server stopped while this event was running: it did not finish, "
+                       "and none of its writes were committed")
+        else:
+            message = ("the server stopped before this event started: it did not run, and "
+                       "nothing of it was stored; send it again")
+        return EventStopped(message, event_id=event.id, started=started)
 
     async def _dispatch(self, tenant: TenantId, event: Event) -> DispatchReply:
         started = time.monotonic()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "EventStopped",
     "HostCallError",
     "LimitExceeded",
     "MoonshardError",
     "NotBuiltError",
     "Overloaded",
     "SchemaError",
+    "StoreUnavailable",
     "TemplateError",
     "TenantQuarantined",
     "ValueConversionError",
@@ -64,6 +66,11 @@ class SchemaError(MoonshardError):
     """The database schema cannot be used by this version of moonshard."""
 
 
+class StoreUnavailable(MoonshardError):
+    """The database cannot be opened or reached: the message names it (never its password)
+    and the cause, in one line."""
+
+
 class NotBuiltError(MoonshardError):
     """A part of moonshard that is named in the contract but not built yet."""
 
@@ -90,6 +97,19 @@ class WorkerCrashed(MoonshardError):
 
 class WorkerUnavailable(MoonshardError):
     """No worker can take the request now (restarting past its budget, or stopping)."""
+
+
+class EventStopped(WorkerUnavailable):
+    """The engine stopped its workers before this awaited event answered.
+
+    ``started`` says whether it had begun to run; either way none of its writes were
+    committed (they commit when the handler returns, and the answer follows the commit).
+    """
+
+    def __init__(self, message: str, *, event_id: str, started: bool) -> None:
+        self.event_id = event_id
+        self.started = started
+        super().__init__(message)
 
 
 class TenantQuarantined(MoonshardError):

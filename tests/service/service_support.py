@@ -133,7 +133,8 @@ def start_server(folder: Path, *, topology: str = "thread", workers: int | None 
             process.kill()
             raise RuntimeError(f"moonshard serve did not start:\n{log.read_text()}")
         time.sleep(0.1)
-    token = (database.parent / "admin-token").read_text().strip()
+    token = full_env.get("MOONSHARD_ADMIN_TOKEN") or \
+        (database.parent / "admin-token").read_text().strip()
     return Served(process, url, folder, database, token, log)
 
 

@@ -33,7 +33,10 @@ def test_fuzz_openapi_no_server_errors(served: Served, admin: httpx.Client,
     admin.put(f"/v1/tenants/{counter_tenant}/templates/echo",
               json={"files": {"init.lua": TEMPLATE}})
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
-    operations = [result.ok() for result in schema.get_all_operations()]
+    # Rotating the admin token takes no input to fuzz, and would lock every later test of the
+    # shared server out: tests/service/test_service_tokens.py covers it on its own server.
+    operations = [result.ok() for result in schema.get_all_operations()
+                  if not result.ok().path.endswith("/rotate-admin")]
     assert len(operations) >= 13
     headers = {"Authorization": f"Bearer {served.admin_token}"}
     budget = FUZZ_SECONDS / len(operations)

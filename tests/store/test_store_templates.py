@@ -85,3 +85,16 @@ async def test_max_templates(store: Store, tenant: TenantId) -> None:
     replaced = await store.templates.put(tenant, template("a", extra="--"), max_templates=2)
     assert replaced.version == 3
     assert (await store.templates.load_set(tenant)).version == 3
+
+
+async def test_tenants_are_listed_by_kind_then_id_in_pages(store: Store) -> None:
+    names = [TenantId.user(5), TenantId.guild(20), TenantId.guild(3), TenantId.guild(100)]
+    for tenant in names:
+        await store.templates.put(tenant, Template("t", {"init.lua": "return {}"}, ()))
+    await store.templates.delete(TenantId.guild(100), "t")  # it had templates: still listed
+    first = await store.templates.tenants(after=None, limit=2)
+    rest = await store.templates.tenants(after=first[-1], limit=10)
+    # Ids sort as text, so guild:100 comes before guild:20.
+    assert [str(tenant) for tenant in first + rest] == [
+        "guild:100", "guild:20", "guild:3", "user:5"]
+    assert await store.templates.tenants(after=TenantId.user(5), limit=10) == []

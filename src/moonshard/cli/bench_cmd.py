@@ -9,6 +9,7 @@ import os
 import platform
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,11 +17,11 @@ from types import MappingProxyType
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from moonshard.bench.measure import Figure
 from moonshard.bench.noise import OtherCpu
 from moonshard.bench.partial import PartialRun
+from moonshard.cli.output import Printer
 
 __all__ = ["SUITES", "bench", "machine", "run_suite"]
 
@@ -115,17 +116,54 @@ def _command(suites: tuple[str, ...], quick: bool, database_url: str | None) -> 
     return " ".join(parts)
 
 
-def _table(figures: list[Figure]) -> Table:
-    table = Table(title="moonshard bench")
-    for column in ("suite", "figure", "value", "baseline", "baseline is", "×"):
-        table.add_column(column, justify="left" if column in ("suite", "figure", "baseline is")
-                         else "right")
+_COLUMNS = ("suite", "figure", "value", "baseline", "baseline is", "×")
+
+
+def _rows(figures: list[Figure]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for figure in figures:
         baseline = "" if figure.baseline is None else f"{figure.baseline:,.2f} {figure.unit}"
         ratio = "" if not figure.baseline else f"{figure.value / figure.baseline:,.2f}"
-        table.add_row(figure.suite, figure.name, f"{figure.value:,.2f} {figure.unit}", baseline,
-                      figure.baseline_name or "", ratio)
-    return table
+        rows.append((figure.suite, figure.name, f"{figure.value:,.2f} {figure.unit}", baseline,
+                     figure.baseline_name or "", ratio))
+    return rows
+
+
+class _Progress:
+    """What a running suite shows: a spinner on a terminal; elsewhere (a pipe, a CI log) a
+    line when it starts, one every ``every`` seconds while it runs, and one when it ends."""
+
+    def __init__(self, console: Console, every: float) -> None:
+        self._console = console
+        self._every = every
+
+    @contextlib.contextmanager
+    def running(self, suite: str) -> Iterator[None]:
+        if self._console.is_terminal:
+            with self._console.status(f"running the {suite} benchmarks..."):
+                yield
+            return
+        started = time.monotonic()
+        done = threading.Event()
+
+        def tick() -> None:
+            while not done.wait(self._every):
+                _line(f"bench: {suite} still running, {time.monotonic() - started:.0f} s")
+
+        _line(f"bench: {suite} started")
+        ticker = threading.Thread(target=tick, name=f"bench-progress-{suite}", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+            _line(f"bench: {suite} finished in {time.monotonic() - started:.1f} s")
+
+
+def _line(text: str) -> None:
+    click.echo(text, err=True)
+    sys.stderr.flush()
 
 
 @click.command("bench")
@@ -138,18 +176,23 @@ def _table(figures: list[Figure]) -> Table:
                    "a schema bench_<random> is created and dropped unless the URL names one.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("moonshard-bench.json"), show_default=True)
-def bench(suites: tuple[str, ...], quick: bool, database_url: str | None, output: Path) -> None:
+@click.option("--progress-every", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True,
+              help="Seconds between progress lines when stderr is not a terminal.")
+def bench(suites: tuple[str, ...], quick: bool, database_url: str | None, output: Path,
+          progress_every: float) -> None:
     """Run the benchmarks; each figure is printed beside its baseline, measured in the same run.
 
     The × column is value / baseline.
     """
-    console = Console()
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    progress = _Progress(console, progress_every)
     figures: list[Figure] = []
     failures: dict[str, str] = {}
     runs: dict[str, dict[str, object]] = {}
     for suite in suites or tuple(SUITES):
         started = time.perf_counter()
-        with console.status(f"running the {suite} benchmarks..."), OtherCpu() as other:
+        with progress.running(suite), OtherCpu() as other:
             try:
                 figures.extend(run_suite(suite, quick, database_url))
             except PartialRun as partial:
@@ -162,11 +205,11 @@ def bench(suites: tuple[str, ...], quick: bool, database_url: str | None, output
         # Work of other processes moves the figures: this says how quiet the machine was.
         runs[suite] = {"seconds": round(time.perf_counter() - started, 1),
                        "other_processes_cpu_share": other.share}
-    console.print(_table(figures))
+    Printer().table("moonshard bench", _COLUMNS, _rows(figures))
     report = {"machine": machine(), "at": time.time(), "quick": quick,
               "command": _command(suites, quick, database_url), "suites": runs,
               "failed": failures, "figures": [figure.to_json() for figure in figures]}
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    console.print(f"wrote {output}")
+    _line(f"wrote {output}")
     if failures:
         raise SystemExit(1)

@@ -1,4 +1,5 @@
-"""The client commands over the HTTP API: ``template``, ``dispatch``, ``kv``, ``logs``, ``token``.
+"""The client commands over the HTTP API: ``template``, ``dispatch``, ``kv``, ``logs``,
+``token``, ``tenant``.
 
 Each prints a readable table (or text) and, with ``--json``, the API's JSON answer. Errors
 are one line on stderr and exit status 1; usage errors exit 2.
@@ -9,17 +10,17 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from moonshard.cli.exec_cmd import read_template_dir
+from moonshard.cli.output import Printer
 from moonshard.cli.remote import client_options, open_remote, print_json
 from moonshard.cli.template_init_cmd import template_init
 from moonshard.tenants import TenantId
@@ -56,6 +57,10 @@ def _when(seconds: object) -> str:
 def _compact(value: object, width: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _whole_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _parse_json_argument(text: str, what: str, *, fallback_to_string: bool) -> JsonValue:
@@ -122,13 +127,10 @@ def template_ls(tenant_text: str, url: str | None, token: str | None, as_json: b
     if not templates:
         click.echo(f"{tenant} has no templates")
         return
-    table = Table(title=f"templates of {tenant}")
-    for column in ("name", "version", "events", "paused", "updated"):
-        table.add_column(column)
-    for item in templates:
-        table.add_row(item["name"], str(item["version"]), ", ".join(item["events"]),
-                      "yes" if item["paused"] else "", _when(item["updated_at"]))
-    Console().print(table)
+    Printer().table(
+        f"templates of {tenant}", ("name", "version", "events", "paused", "updated"),
+        [(item["name"], str(item["version"]), ", ".join(item["events"]),
+          "yes" if item["paused"] else "", _when(item["updated_at"])) for item in templates])
 
 
 @template.command("show")
@@ -144,13 +146,15 @@ def template_show(name: str, tenant_text: str, url: str | None, token: str | Non
     if as_json:
         print_json(shown)
         return
-    console = Console(highlight=False)
-    console.print(Text(f"{shown['name']} (version {shown['version']})", style="bold"),
-                  Text(f" handles {', '.join(shown['events']) or 'nothing'}"
-                       f"{' (paused)' if shown['paused'] else ''}"))
+    printer = Printer()
+    printer.line(Text(f"{shown['name']} (version {shown['version']})", style="bold"),
+                 f" handles {', '.join(shown['events']) or 'nothing'}"
+                 f"{' (paused)' if shown['paused'] else ''}")
     for path, source in sorted(shown["files"].items()):
-        console.print(Text(f"\n-- {path}", style="bold cyan"))
-        console.print(Text(source.rstrip("\n")))
+        printer.line("")
+        printer.line(Text(f"-- {path}", style="bold cyan"))
+        # The source exactly as stored, whatever the width of the terminal or the pipe.
+        printer.line(Text(source.rstrip("\n")))
 
 
 @template.command("rm")
@@ -205,14 +209,14 @@ def _print_results(tenant: str, event_name: str, answer: dict[str, Any]) -> None
     if not results:
         click.echo(f"no template of {tenant} handles {event_name} (event {answer['event_id']})")
         return
-    console = Console(highlight=False)
+    printer = Printer()
     for result in results:
         if result["ok"]:
-            console.print(Text(f"{result['template']}: ok", style="green"),
-                          Text(json.dumps(result.get("value"), ensure_ascii=False)))
+            printer.line(Text(f"{result['template']}: ok", style="green"), " ",
+                         json.dumps(result.get("value"), ensure_ascii=False))
         else:
-            console.print(Text(f"{result['template']}: failed", style="bold red"),
-                          Text(str(result.get("error"))))
+            printer.line(Text(f"{result['template']}: failed", style="bold red"), " ",
+                         str(result.get("error")))
 
 
 # -- kv --------------------------------------------------------------------------------------
@@ -253,13 +257,13 @@ def kv_ls(tenant_text: str, scope: str, prefix: str, limit: int, after: str | No
         click.echo(f"no keys in scope {scope} of {tenant}" +
                    (f" starting with {prefix!r}" if prefix else ""))
         return
-    table = Table(title=f"{tenant} scope {scope}")
-    for column in ("key", "value", "version", "updated", "expires"):
-        table.add_column(column)
-    for record in page["items"]:
-        table.add_row(record["key"], _compact(record["value"]), str(record["version"]),
-                      _when(record["updated_at"]), _when(record["expires_at"]))
-    Console().print(table)
+    printer = Printer()
+    # On a terminal long values are shortened to keep the table readable; piped, whole.
+    shown = _compact if printer.terminal else _whole_json
+    printer.table(f"{tenant} scope {scope}", ("key", "value", "version", "updated", "expires"),
+                  [(record["key"], shown(record["value"]), str(record["version"]),
+                    _when(record["updated_at"]), _when(record["expires_at"]))
+                   for record in page["items"]])
     if page["next"] is not None:
         click.echo(f"more: --after {json.dumps(page['next'], ensure_ascii=False)}", err=True)
 
@@ -324,19 +328,53 @@ def kv_rm(key: str, tenant_text: str, scope: str, url: str | None, token: str | 
 
 
 # -- logs ------------------------------------------------------------------------------------
+_SINCE_UNITS = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86_400})
+
+
+def _since(text: str | None) -> float | None:
+    """``--since``: a duration back from now (``90s``, ``10m``, ``2h``, ``7d``), unix seconds,
+    or an ISO 8601 time (local time when it has no offset)."""
+    if text is None:
+        return None
+    value = text.strip()
+    try:
+        if value[-1:] in _SINCE_UNITS and value[:-1]:
+            return time.time() - float(value[:-1]) * _SINCE_UNITS[value[-1]]
+        if value.replace(".", "", 1).isdigit():
+            return float(value)
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except (ValueError, OverflowError):
+        raise click.BadParameter(
+            "use a duration (90s, 10m, 2h, 7d), unix seconds or an ISO 8601 time",
+            param_hint="--since") from None
+
+
 @click.command("logs")
 @_tenant_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they come.")
 @click.option("--limit", type=click.IntRange(0, 1000), default=100, show_default=True,
               help="How many recent lines first.")
+@click.option("--level", type=click.Choice(["debug", "info", "warn", "error"]),
+              help="Only lines at this level or more severe.")
+@click.option("--template", "template_name", help="Only lines of this template.")
+@click.option("--since", "since_text",
+              help="Only lines since then: 10m, 2h, 7d, unix seconds or an ISO 8601 time.")
 @client_options
-def logs(tenant_text: str, follow: bool, limit: int, url: str | None, token: str | None,
-         as_json: bool) -> None:
+def logs(tenant_text: str, follow: bool, limit: int, level: str | None,
+         template_name: str | None, since_text: str | None, url: str | None,
+         token: str | None, as_json: bool) -> None:
     """Print (and with --follow, follow) a tenant's log."""
     tenant = _tenant(tenant_text)
+    since = _since(since_text)
     remote = open_remote(url, token)
-    console = Console(highlight=False, soft_wrap=True)
+    printer = Printer()
     params: dict[str, str | int | bool] = {"follow": follow, "limit": limit}
+    if level is not None:
+        params["level"] = level
+    if template_name is not None:
+        params["template"] = template_name
+    if since is not None:
+        params["since"] = repr(since)
     try:
         for raw in remote.lines(f"/v1/tenants/{_segment(tenant)}/logs", params):
             if not raw.strip():
@@ -344,8 +382,7 @@ def logs(tenant_text: str, follow: bool, limit: int, url: str | None, token: str
             if as_json:
                 click.echo(raw)
                 continue
-            console.print(_log_text(json.loads(raw)))
-            sys.stdout.flush()
+            printer.line(_log_text(json.loads(raw)))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -370,17 +407,146 @@ def token_group() -> None:
 
 @token_group.command("create")
 @_tenant_option
+@click.option("--label", help="What the token is for (shown by 'token ls').")
 @client_options
-def token_create(tenant_text: str, url: str | None, token: str | None, as_json: bool) -> None:
+def token_create(tenant_text: str, label: str | None, url: str | None, token: str | None,
+                 as_json: bool) -> None:
     """Print a new token that reaches TENANT only. It is shown once: keep it."""
     tenant = _tenant(tenant_text)
-    created = open_remote(url, token).call("POST", "/v1/tokens", body={"tenant": tenant}).json()
+    body: dict[str, JsonValue] = {"tenant": tenant}
+    if label is not None:
+        body["label"] = label
+    created = open_remote(url, token).call("POST", "/v1/tokens", body=body).json()
     if as_json:
         print_json(created)
     else:
         click.echo(created["token"])
+        click.echo(f"token {created['id']} reaches {tenant} only; it is shown this once",
+                   err=True)
+
+
+@token_group.command("ls")
+@client_options
+def token_ls(url: str | None, token: str | None, as_json: bool) -> None:
+    """List tokens: ids, tenants, labels, creation and last use (never the secret)."""
+    tokens = open_remote(url, token).call("GET", "/v1/tokens").json()
+    if as_json:
+        print_json(tokens)
+        return
+    Printer().table("tokens", ("id", "tenant", "label", "created", "last used"), [
+        (item["id"], item["tenant"] or "(admin: every tenant)", item["label"] or "",
+         _when(item["created_at"]), _when(item["last_used_at"]) or "never")
+        for item in tokens])
+
+
+@token_group.command("revoke")
+@click.argument("token_id", metavar="ID")
+@client_options
+def token_revoke(token_id: str, url: str | None, token: str | None, as_json: bool) -> None:
+    """End the token ID (see 'token ls') at once."""
+    open_remote(url, token).call("DELETE", f"/v1/tokens/{_segment(token_id)}")
+    if as_json:
+        print_json({"revoked": token_id})
+    else:
+        click.echo(f"revoked {token_id}")
+
+
+@token_group.command("rotate-admin")
+@client_options
+def token_rotate_admin(url: str | None, token: str | None, as_json: bool) -> None:
+    """Replace the admin token: the old one stops working at once. The server writes the
+    new one to its admin token file; it is printed too."""
+    rotated = open_remote(url, token).call("POST", "/v1/tokens/rotate-admin").json()
+    if as_json:
+        print_json(rotated)
+        return
+    click.echo(rotated["token"])
+    where = f"written to {rotated['file']}" if rotated.get("file") else \
+        "not written to any file: keep it"
+    click.echo(f"new admin token {rotated['id']}, {where}; the old one no longer works",
+               err=True)
+
+
+# -- tenant ----------------------------------------------------------------------------------
+@click.group("tenant")
+def tenant_group() -> None:
+    """See tenants and their status (ls needs the admin token)."""
+
+
+def _memory(status: dict[str, Any]) -> str:
+    vm = status.get("vm") or {}
+    if vm.get("resident") is None:
+        return "?"
+    if not vm["resident"]:
+        return "not resident"
+    return f"{(vm.get('memory_bytes') or 0) / (1024 * 1024):.1f} MiB"
+
+
+@tenant_group.command("ls")
+@click.option("--limit", type=click.IntRange(1, 100), default=50, show_default=True,
+              help="Tenants per page.")
+@click.option("--after", help="Start after this tenant (the 'next' of a previous page).")
+@click.option("--all", "every", is_flag=True, help="Follow the pages to the end.")
+@client_options
+def tenant_ls(limit: int, after: str | None, every: bool, url: str | None, token: str | None,
+              as_json: bool) -> None:
+    """List tenants that have templates, with their status."""
+    remote = open_remote(url, token)
+    items: list[dict[str, Any]] = []
+    following: str | None = after
+    while True:
+        params: dict[str, str | int | bool] = {"limit": limit}
+        if following is not None:
+            params["after"] = following
+        page = remote.call("GET", "/v1/tenants", params=params).json()
+        items.extend(page["items"])
+        following = page["next"]
+        if following is None or not every:
+            break
+    if as_json:
+        print_json({"items": items, "next": following})
+        return
+    if not items:
+        click.echo("no tenants")
+        return
+    Printer().table("tenants", ("tenant", "version", "templates", "worker", "vm", "errors"), [
+        (item["tenant"], str(item["template_set_version"]), ", ".join(item["templates"]),
+         str(item["vm"]["worker"]), _memory(item), str(len(item["recent_errors"])))
+        for item in items])
+    if following is not None:
+        click.echo(f"more: --after {following}", err=True)
+
+
+@tenant_group.command("show")
+@click.argument("tenant_text", metavar="TENANT")
+@client_options
+def tenant_show(tenant_text: str, url: str | None, token: str | None, as_json: bool) -> None:
+    """Show one tenant: templates, subscriptions, VM, worker, counters, recent errors."""
+    tenant = _tenant(tenant_text)
+    status = open_remote(url, token).call("GET", f"/v1/tenants/{_segment(tenant)}").json()
+    if as_json:
+        print_json(status)
+        return
+    printer = Printer()
+    vm, worker, counters = status["vm"], status["worker"], status["counters"]
+    printer.line(Text(status["tenant"], style="bold"),
+                 f" (template set version {status['template_set_version']})")
+    printer.line(f"templates: {', '.join(status['templates']) or 'none'}")
+    printer.line(f"subscriptions: {', '.join(status['subscriptions']) or 'none'}")
+    printer.line(f"worker: {worker['index']} ({'up' if worker['up'] else 'down'}, "
+                 f"{worker['restarts']} restarts)")
+    printer.line(f"vm: {_memory(status)}, loaded version {vm.get('loaded_version')}, "
+                 f"{vm.get('queued') or 0} queued{', running' if vm.get('running') else ''}")
+    if status["quarantined_until"] is not None:
+        printer.line(Text(f"quarantined until {_when(status['quarantined_until'])}",
+                          style="bold red"))
+    printer.line("counters: " + ", ".join(f"{name} {value}"
+                                          for name, value in counters.items()))
+    printer.line(f"recent errors: {len(status['recent_errors'])}")
+    for line in status["recent_errors"]:
+        printer.line(_log_text(line))
 
 
 def client_commands() -> list[click.Command]:
-    return [template, dispatch, kv, logs, token_group]
+    return [template, dispatch, kv, logs, token_group, tenant_group]
 

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,29 @@ from moonshard.config import ConfigError, Settings
 from moonshard.errors import MoonshardError
 
 __all__ = ["serve"]
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[object]
+else:  # generic only in recent click releases
+    _ParamType = click.ParamType
+
+
+class _Setting(_ParamType):
+    """A typed setting in ``--help`` (INTEGER, SECONDS, SIZE...) whose text is checked by
+    ``Settings.resolve``, so a bad flag is the same one-line error, naming its source, as a bad
+    environment variable or TOML key."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> object:
+        return value
+
+
+_INTEGER, _FLOAT, _SIZE = _Setting("integer"), _Setting("float"), _Setting("size")
+_TOPOLOGY = _Setting("thread|process|ray")
 
 
 def _say(message: str) -> None:
@@ -24,20 +48,23 @@ def _say(message: str) -> None:
 @click.command("serve")
 @click.option("--database-url", help="sqlite:///PATH or postgresql://... "
               "[default: sqlite:///./moonshard-data/moonshard.db]")
-@click.option("--topology", help="thread, process or ray [default: process]")
-@click.option("--workers", help="Workers in the pool [default: number of CPUs]")
+@click.option("--topology", type=_TOPOLOGY,
+              help="thread, process or ray [default: process]")
+@click.option("--workers", type=_INTEGER, help="Workers in the pool [default: number of CPUs]")
 @click.option("--host", help="Where the HTTP API listens [default: 127.0.0.1]")
-@click.option("--port", help="The HTTP API's port [default: 8080]")
+@click.option("--port", type=_INTEGER, help="The HTTP API's port [default: 8080]")
 @click.option("--admin-token", help="The operator's bearer token [default: generated into the "
               "data folder]")
 @click.option("--discord-token", help="Discord bot token (the gateway is not built yet)")
 @click.option("--discord-api-url", help="Discord's REST base [default: "
               "https://discord.com/api/v10]")
-@click.option("--memory-limit", help="Memory per tenant VM [default: 25MiB]")
-@click.option("--cpu-limit", help="CPU seconds per handler run [default: 10]")
+@click.option("--memory-limit", type=_SIZE, help="Memory per tenant VM [default: 25MiB]")
+@click.option("--cpu-limit", type=_FLOAT, help="CPU seconds per handler run [default: 10]")
 @click.option("--ray-address", help="The Ray cluster (not built yet)")
-@click.option("--stop-deadline", help="Seconds in-flight work gets to finish when stopping "
-              "[default: 30]")
+@click.option("--stop-deadline", type=_FLOAT,
+              help="Seconds in-flight work gets to finish when stopping [default: 30]")
+@click.option("--log-lines", type=_INTEGER, help="Log lines kept per tenant [default: 1000]")
+@click.option("--log-days", type=_FLOAT, help="Days a tenant's log line is kept [default: 7]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="A TOML settings file [default: ./moonshard.toml when it exists]")
 def serve(config_file: Path | None, **flags: str | None) -> None:
@@ -56,9 +83,12 @@ def serve(config_file: Path | None, **flags: str | None) -> None:
     except Exception as error:
         # A refusal raised inside the engine's task group arrives wrapped in a group.
         leaf = _sole_cause(error)
-        if not isinstance(leaf, ConfigError | MoonshardError):
-            raise
-        _say(f"error: {leaf}")
+        if isinstance(leaf, ConfigError | MoonshardError):
+            _say(f"error: {leaf}")
+        else:
+            # Not a failure moonshard foresaw: still one line, with its type for a report.
+            text = str(leaf).strip().splitlines()[0] if str(leaf).strip() else ""
+            _say(f"error: unexpected {type(leaf).__name__}" + (f": {text}" if text else ""))
         sys.exit(1)
     sys.exit(code)
 

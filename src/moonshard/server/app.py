@@ -8,12 +8,14 @@ input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -27,22 +29,49 @@ from moonshard.errors import MoonshardError, Overloaded
 from moonshard.events import Event
 from moonshard.host.kv import FIND_LIMIT, KVSession
 from moonshard.host.ratelimit import GcraLimiter
+from moonshard.server.answers import (
+    EventQueued,
+    EventResults,
+    GatewayDropped,
+    GatewayRouted,
+    Health,
+    KVPage,
+    KVRecordAnswer,
+    LogLineAnswer,
+    RotatedAdminToken,
+    TemplateDetail,
+    TemplateList,
+    TemplateSaved,
+    TemplateSummary,
+    TenantCountersAnswer,
+    TenantPage,
+    TenantStatus,
+    TokenCreated,
+    TokenItem,
+    TokenList,
+    VMStatus,
+    WorkerHealth,
+    WorkerStatus,
+)
 from moonshard.server.errors import ApiError, api_error_from, error_response
 from moonshard.server.logbook import LogBook, LogLine
 from moonshard.server.metrics import CONTENT_TYPE, Metrics
 from moonshard.server.middleware import BodyLimit, RequestMetrics
 from moonshard.server.models import EventBody, GatewayBody, KVBody, TemplateBody, TokenBody
 from moonshard.store.api import TokenInfo, TokenStore
+from moonshard.store.tenantlog import LogQuery, levels_from
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "AdminTokenHome", "create_app"]
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 # Longer than any token moonshard makes; a longer one is not looked up at all.
 _MAX_TOKEN_CHARS = 256
 _MAX_LOG_LINES = 1000
+_MAX_TENANT_PAGE = 100
 _log = logging.getLogger(__name__)
+LogLevel = Literal["debug", "info", "warn", "error"]
 
 _STATUS_CODES = MappingProxyType({
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -117,16 +146,30 @@ def _reached_tenant(
 Tenant = Annotated[TenantId, Depends(_reached_tenant)]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminTokenHome:
+    """Where the admin token lives: a setting (then it cannot be rotated through the API) or
+    a file that ``write(file, token)`` replaces."""
+
+    setting: str | None = None
+    file: pathlib.Path | None = None
+    write: Callable[[pathlib.Path, str], None] | None = None
+
+
 def create_app(
     engine: Engine, *, logbook: LogBook, metrics: Metrics, tokens: TokenStore | None = None,
     max_body_bytes: int = MAX_BODY_BYTES, kv_limiter: GcraLimiter | None = None,
+    admin_token: AdminTokenHome | None = None,
 ) -> FastAPI:
     """The ASGI app of one engine. ``tokens`` defaults to the engine's store's tokens;
     ``kv_limiter`` rate-limits the API's kv calls per tenant (default: ``ctx.kv``'s rates)."""
     token_store = tokens if tokens is not None else engine.store.tokens
     limiter = kv_limiter if kv_limiter is not None else GcraLimiter()
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN, blank offline and a
+    # third party's code in the operator's browser. /openapi.json is served; docs/API.md is
+    # the reference.
     app = FastAPI(
-        title="moonshard", version="1",
+        title="moonshard", version="1", docs_url=None, redoc_url=None,
         description="A multi-tenant template worker: tenants' Lua templates on their events.")
     # The only per-app state the module-level dependencies read (FastAPI resolves a route's
     # annotations in the module's namespace, so its dependencies live there).
@@ -171,13 +214,16 @@ def create_app(
     app.add_exception_handler(Exception, on_api_error)
 
     # -- health and metrics ----------------------------------------------------------------
-    @app.get("/healthz", tags=["service"], responses=_errors(503))
+    @app.get("/healthz", tags=["service"],
+             responses={200: {"model": Health}, 503: {"model": Health}})
     async def healthz() -> Response:
         """``ok`` (200) while every worker is up within its restart budget, else
         ``degraded`` (503), so a load balancer stops sending work."""
         workers = await engine.status()
         healthy = all(worker.get("up") and worker.get("healthy") for worker in workers)
-        return JSONResponse({"status": "ok" if healthy else "degraded", "workers": workers},
+        answer = Health(status="ok" if healthy else "degraded",
+                        workers=[WorkerStatus.model_validate(worker) for worker in workers])
+        return JSONResponse(answer.model_dump(mode="json"),
                             status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["service"], response_class=Response)
@@ -188,46 +234,68 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     # -- tenants and templates -------------------------------------------------------------
-    @app.get("/v1/tenants/{tenant}", tags=["tenants"], responses=_errors(*_AUTHED))
-    async def tenant_status(tenant: Tenant) -> dict[str, Any]:
-        """The tenant's template set, subscriptions, worker, recent errors and counters."""
+    async def status_of(tenant: TenantId) -> TenantStatus:
         template_set = await engine.store.templates.load_set(tenant)
         health = engine.worker_health(tenant)
         try:
             vm: dict[str, Any] = await engine.tenant_status(tenant)
         except MoonshardError:
             vm = {"resident": None, "memory_bytes": None}  # its worker is down just now
-        return {
-            "tenant": str(tenant),
-            "template_set_version": template_set.version,
-            "templates": [template.name for template in template_set.templates],
-            "subscriptions": sorted(template_set.subscriptions),
-            "vm": {**vm, "worker": health["index"]},
-            "worker": health,
-            "quarantined_until": engine.quarantined_until(tenant),
-            "recent_errors": [line.to_json() for line in logbook.recent_errors(tenant)],
-            "counters": metrics.tenant_counters(tenant).to_json(),
-        }
+        return TenantStatus(
+            tenant=str(tenant), template_set_version=template_set.version,
+            templates=[template.name for template in template_set.templates],
+            subscriptions=sorted(template_set.subscriptions),
+            vm=VMStatus.model_validate({**vm, "worker": health["index"]}),
+            worker=WorkerHealth.model_validate(health),
+            quarantined_until=engine.quarantined_until(tenant),
+            recent_errors=[LogLineAnswer.model_validate(line.to_json())
+                           for line in await logbook.recent_errors(tenant)],
+            counters=TenantCountersAnswer.model_validate(
+                metrics.tenant_counters(tenant).to_json()))
+
+    @app.get("/v1/tenants", tags=["tenants"], responses=_errors(*_AUTHED))
+    async def list_tenants(
+        _: Admin,
+        after: Annotated[str | None, Query(
+            max_length=200, description="The 'next' of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=_MAX_TENANT_PAGE)] = 50,
+    ) -> TenantPage:
+        """Tenants that have saved templates, by kind then id, with their status (admin token
+        only). ``next`` is the ``after`` of the next page, null on the last page."""
+        try:
+            start = None if after is None else TenantId.parse(after)
+        except ValueError as error:
+            raise ApiError(422, "invalid_tenant", f"after: {error}") from None
+        tenants = await engine.store.templates.tenants(after=start, limit=limit)
+        items = [await status_of(tenant) for tenant in tenants]
+        return TenantPage(items=items,
+                          next=str(tenants[-1]) if len(tenants) == limit else None)
+
+    @app.get("/v1/tenants/{tenant}", tags=["tenants"], responses=_errors(*_AUTHED))
+    async def tenant_status(tenant: Tenant) -> TenantStatus:
+        """The tenant's template set, subscriptions, VM, worker, recent errors, counters."""
+        return await status_of(tenant)
 
     @app.get("/v1/tenants/{tenant}/templates", tags=["templates"], responses=_errors(*_AUTHED))
-    async def list_templates(tenant: Tenant) -> list[dict[str, object]]:
-        return [template.to_json() for template in await engine.templates.list(tenant)]
+    async def list_templates(tenant: Tenant) -> TemplateList:
+        return TemplateList([TemplateSummary.model_validate(template.to_json())
+                             for template in await engine.templates.list(tenant)])
 
     @app.get("/v1/tenants/{tenant}/templates/{name}", tags=["templates"],
              responses=_errors(*_AUTHED, 404))
-    async def get_template(tenant: Tenant, name: str) -> dict[str, object]:
+    async def get_template(tenant: Tenant, name: str) -> TemplateDetail:
         template = await engine.templates.get(tenant, name)
         if template is None:
             raise ApiError(404, "not_found", f"{tenant} has no template {name!r}")
-        return template.to_json(with_files=True)
+        return TemplateDetail.model_validate(template.to_json(with_files=True))
 
     @app.put("/v1/tenants/{tenant}/templates/{name}", tags=["templates"],
              responses=_errors(*_AUTHED, 400, 409, 413, 503))
-    async def put_template(tenant: Tenant, name: str, body: TemplateBody) -> dict[str, object]:
+    async def put_template(tenant: Tenant, name: str, body: TemplateBody) -> TemplateSaved:
         """Compiles, stores and swaps in the template; answers once every later event of the
         tenant sees it. 422 ``compile_error`` with ``file`` and ``line`` when refused."""
         saved = await engine.templates.put(tenant, name, body.files, paused=body.paused)
-        return {"name": saved.name, "version": saved.version, "events": list(saved.events)}
+        return TemplateSaved(name=saved.name, version=saved.version, events=list(saved.events))
 
     @app.delete("/v1/tenants/{tenant}/templates/{name}", tags=["templates"], status_code=204,
                 response_class=Response, responses=_errors(*_AUTHED, 404, 503))
@@ -239,7 +307,8 @@ def create_app(
     # -- events ----------------------------------------------------------------------------
     @app.post("/v1/tenants/{tenant}/events", tags=["events"],
               responses={**_errors(*_AUTHED, 400, 413, 503),
-                         202: {"description": "Queued (wait=false): {event_id}"}})
+                         200: {"model": EventResults, "description": "The handlers' results"},
+                         202: {"model": EventQueued, "description": "Queued (wait=false)"}})
     async def post_event(
         tenant: Tenant, body: EventBody,
         wait: Annotated[bool, Query(description="Wait for the handlers' results")] = True,
@@ -254,15 +323,17 @@ def create_app(
         except ValueError as error:
             raise ApiError(422, "invalid_request", str(error)) from None
         if not wait:
-            return JSONResponse({"event_id": engine.dispatch_nowait(tenant, event)},
-                                status_code=202)
+            queued = EventQueued(event_id=engine.dispatch_nowait(tenant, event))
+            return JSONResponse(queued.model_dump(mode="json"), status_code=202)
         results = await engine.dispatch(tenant, event)
-        return JSONResponse({"event_id": event.id,
-                             "results": [result.to_json() for result in results]})
+        answer = EventResults.model_validate(
+            {"event_id": event.id, "results": [result.to_json() for result in results]})
+        return JSONResponse(answer.model_dump(mode="json"))
 
     @app.post("/v1/gateway", tags=["events"],
               responses={**_errors(*_AUTHED, 400, 413),
-                         202: {"description": "Routed and queued: {tenant, event_id}"}})
+                         200: {"model": GatewayDropped, "description": "Dropped"},
+                         202: {"model": GatewayRouted, "description": "Routed and queued"}})
     async def post_gateway(body: GatewayBody, _: Admin) -> Response:
         """Routes a raw Discord gateway dispatch to its tenant (admin token only).
 
@@ -276,10 +347,13 @@ def create_app(
         if outcome.dropped is not None:
             metrics.event_dropped("no_tenant" if outcome.tenant is None else "no_subscriber",
                                   outcome.tenant)
-            return JSONResponse({"dropped": outcome.dropped,
-                                 "tenant": str(outcome.tenant) if outcome.tenant else None})
-        return JSONResponse({"tenant": str(outcome.tenant), "event_id": outcome.event_id},
-                            status_code=202)
+            dropped = GatewayDropped(
+                dropped=outcome.dropped,
+                tenant=str(outcome.tenant) if outcome.tenant else None)
+            return JSONResponse(dropped.model_dump(mode="json"))
+        assert outcome.event_id is not None
+        routed = GatewayRouted(tenant=str(outcome.tenant), event_id=outcome.event_id)
+        return JSONResponse(routed.model_dump(mode="json"), status_code=202)
 
     # -- kv --------------------------------------------------------------------------------
     def kv_session(tenant: TenantId) -> KVSession:
@@ -291,7 +365,7 @@ def create_app(
         tenant: Tenant, scope: str = "default", prefix: str = "",
         limit: Annotated[int, Query(ge=1, le=FIND_LIMIT)] = FIND_LIMIT,
         after: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> KVPage:
         """Live records whose key starts with ``prefix``, by key; ``next`` is the ``after``
         of the next page, or null on the last page."""
         if "\x00" in prefix or "\x00" in (after or ""):
@@ -303,21 +377,22 @@ def create_app(
         await session.rollback()
         assert isinstance(items, list)
         last = items[-1] if len(items) == limit else None
-        return {"items": items, "next": last["key"] if isinstance(last, dict) else None}
+        return KVPage(items=[KVRecordAnswer.model_validate(item) for item in items],
+                      next=str(last["key"]) if isinstance(last, dict) else None)
 
     @app.get("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"],
              responses=_errors(*_AUTHED, 404))
-    async def get_kv(tenant: Tenant, scope: str, key: str) -> Any:
+    async def get_kv(tenant: Tenant, scope: str, key: str) -> KVRecordAnswer:
         session = kv_session(tenant)
         record = await session.record(key, {"scope": scope})
         await session.rollback()
         if record is None:
             raise ApiError(404, "not_found", f"{tenant} has no key {key!r} in scope {scope!r}")
-        return record
+        return KVRecordAnswer.model_validate(record)
 
     @app.put("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"],
              responses=_errors(*_AUTHED, 400, 409, 413))
-    async def put_kv(tenant: Tenant, scope: str, key: str, body: KVBody) -> Any:
+    async def put_kv(tenant: Tenant, scope: str, key: str, body: KVBody) -> KVRecordAnswer:
         """Sets the key (like ``ctx.kv.set``) and answers the committed record."""
         options: dict[str, JsonValue] = {"scope": scope}
         for option in ("ttl", "expires_at"):
@@ -330,10 +405,10 @@ def create_app(
         await session.commit()
         stored = await engine.store.kv.get(tenant, scope, key, now=time.time())
         if stored is None:  # already expired (an expires_at in the past)
-            return predicted
+            return KVRecordAnswer.model_validate(predicted)
         # Arms the expiry in the tenant's worker, so it fires on time.
         await engine.kv_written(tenant, [stored])
-        return stored.to_json()
+        return KVRecordAnswer.model_validate(stored.to_json())
 
     @app.delete("/v1/tenants/{tenant}/kv/{scope}/{key:path}", tags=["kv"], status_code=204,
                 response_class=Response, responses=_errors(*_AUTHED, 404))
@@ -348,35 +423,89 @@ def create_app(
     # -- logs ------------------------------------------------------------------------------
     @app.get("/v1/tenants/{tenant}/logs", tags=["logs"], response_class=StreamingResponse,
              responses={**_errors(*_AUTHED),
-                        200: {"content": {"application/x-ndjson": {}},
-                              "description": "JSON lines {ts, level, template, message}"}})
+                        200: {"content": {"application/x-ndjson": {"schema": {
+                                  "$ref": "#/components/schemas/LogLineAnswer"}}},
+                              "description": "JSON lines, each a LogLineAnswer, oldest "
+                                             "first"}})
     async def get_logs(
         tenant: Tenant,
         follow: Annotated[bool, Query(description="Keep the stream open for new lines")] = False,
         limit: Annotated[int, Query(ge=0, le=_MAX_LOG_LINES,
                                     description="How many recent lines first")] = 100,
+        level: Annotated[LogLevel | None, Query(
+            description="Only lines at this level or more severe")] = None,
+        template: Annotated[str | None, Query(
+            max_length=200, description="Only lines of this template")] = None,
+        since: Annotated[float | None, Query(
+            ge=0, le=1e11, description="Only lines written at or after (unix seconds)")] = None,
     ) -> Response:
+        query = LogQuery(levels=None if level is None else levels_from(level),
+                         template=template, since=since)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         if not follow:
-            return Response("".join(_ndjson(line) for line in logbook.recent(tenant, limit)),
+            lines = await logbook.recent(tenant, limit, query)
+            return Response("".join(_ndjson(line) for line in lines),
                             media_type="application/x-ndjson", headers=headers)
         if logbook.follower_count >= logbook.max_followers:
             # Each follower holds a queue: their number is bounded like everything else.
             raise Overloaded(f"{logbook.follower_count} log streams are open already",
                              retry_after=5.0)
-        return StreamingResponse(_follow(logbook, tenant, limit),
+        return StreamingResponse(_follow(logbook, tenant, query, limit),
                                  media_type="application/x-ndjson", headers=headers)
 
     # -- tokens ----------------------------------------------------------------------------
     @app.post("/v1/tokens", tags=["tokens"], status_code=201,
               responses=_errors(*_AUTHED, 400))
-    async def create_token(body: TokenBody, _: Admin) -> dict[str, str]:
+    async def create_token(body: TokenBody, _: Admin) -> TokenCreated:
         """A new token that reaches that tenant only (admin token only); shown once."""
         try:
             tenant = TenantId.parse(body.tenant)
         except ValueError as error:
             raise ApiError(422, "invalid_tenant", str(error)) from None
-        return {"token": await token_store.create(tenant), "tenant": str(tenant)}
+        try:
+            info, token = await token_store.issue(tenant, body.label)
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+        return TokenCreated(id=info.id, token=token, tenant=str(tenant), label=info.label)
+
+    @app.get("/v1/tokens", tags=["tokens"], responses=_errors(*_AUTHED))
+    async def list_tokens(_: Admin) -> TokenList:
+        """Every token (admin token only): ids, tenants, labels, times; never a secret."""
+        return TokenList([TokenItem.model_validate(info.to_json())
+                          for info in await token_store.list_tokens()])
+
+    @app.delete("/v1/tokens/{token_id}", tags=["tokens"], status_code=204,
+                response_class=Response, responses=_errors(*_AUTHED, 404, 409))
+    async def revoke_token(token_id: Annotated[str, Path(max_length=100)], _: Admin) -> Response:
+        """Ends a tenant token at once (admin token only). The admin token is replaced with
+        ``POST /v1/tokens/rotate-admin`` instead (409)."""
+        try:
+            revoked = await token_store.revoke_id(token_id)
+        except ValueError as error:
+            raise ApiError(409, "conflict", str(error)) from None
+        if revoked is None:
+            raise ApiError(404, "not_found", f"no token {token_id!r}")
+        return Response(status_code=204)
+
+    @app.post("/v1/tokens/rotate-admin", tags=["tokens"],
+              responses=_errors(*_AUTHED, 409))
+    async def rotate_admin_token(_: Admin) -> RotatedAdminToken:
+        """Replaces the admin token (admin token only): the old one stops working at once,
+        the new one is written to the admin token file and answered this once."""
+        home = admin_token or AdminTokenHome()
+        if home.setting is not None:
+            raise ApiError(409, "conflict", f"the admin token is set by {home.setting}: "
+                           "change that setting and restart instead")
+        info, token = await token_store.rotate_admin()
+        written: str | None = None
+        if home.file is not None and home.write is not None:
+            try:
+                home.write(home.file, token)
+                written = str(home.file)
+            except OSError as error:
+                _log.warning("the new admin token could not be written to %s: %s",
+                             home.file, error.strerror)
+        return RotatedAdminToken(id=info.id, token=token, file=written)
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -388,10 +517,10 @@ def _ndjson(line: LogLine) -> str:
     return json.dumps(line.to_json()) + "\n"
 
 
-async def _follow(logbook: LogBook, tenant: TenantId, backlog: int) -> AsyncIterator[str]:
-    # Subscribe before reading the backlog (no await between): no line is missed or doubled.
-    with logbook.follow(tenant) as follower:
-        for line in logbook.recent(tenant, backlog):
+async def _follow(logbook: LogBook, tenant: TenantId, query: LogQuery,
+                  backlog: int) -> AsyncIterator[str]:
+    async with logbook.follow(tenant, query, backlog) as (lines, follower):
+        for line in lines:
             yield _ndjson(line)
         async for line in follower:
             yield _ndjson(line)

@@ -17,6 +17,7 @@ errors themselves:
 | ``Overloaded`` | 429 + Retry-After | ``overloaded`` |
 | ``LimitExceeded`` with ``retry_after`` (rate limits) | 429 + Retry-After | ``rate_limited`` |
 | ``TenantQuarantined`` | 429 + Retry-After | ``tenant_quarantined`` |
+| ``EventStopped`` (the stop's deadline passed first) | 503 | ``shutting_down`` (with ``event``) |
 | ``WorkerCrashed`` | 503 | ``worker_crashed`` |
 | ``WorkerUnavailable`` | 503 + Retry-After | ``worker_unavailable`` |
 """
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 from moonshard.errors import (
+    EventStopped,
     HostCallError,
     LimitExceeded,
     Overloaded,
@@ -90,6 +92,9 @@ def api_error_from(error: Exception) -> ApiError | None:
                         fields={"until": error.until}, retry_after=error.until - time.time())
     if isinstance(error, Overloaded):
         return ApiError(429, "overloaded", str(error), retry_after=error.retry_after)
+    if isinstance(error, EventStopped):
+        return ApiError(503, "shutting_down", str(error), fields={
+            "event_id": error.event_id, "event": "started" if error.started else "not_started"})
     if isinstance(error, WorkerCrashed):
         return ApiError(503, "worker_crashed", str(error))
     if isinstance(error, WorkerUnavailable):

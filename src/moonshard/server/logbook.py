@@ -1,69 +1,57 @@
-"""Tenants' log lines as the service keeps them: recent lines per tenant, and live followers.
+"""Tenants' log lines as the service keeps them: written to the store in batches, read back
+with filters, and handed to live followers.
 
-A ``LogBook`` is the ``log=`` sink of ``Engine.open``. Thread workers call it from their own
-threads, so every line is handed to the server's event loop with ``call_soon_threadsafe``;
-all state is then touched on that loop only. Retention is bounded: so many lines per tenant,
-so many bytes in all (the tenants written to least recently lose their lines first).
+A ``LogBook`` is the ``log=`` sink of ``Engine.open``: every worker's lines arrive here,
+whatever the topology (thread workers call it from their threads, process workers' lines
+come over their sockets), so following works across all workers. Lines are handed to the
+server's event loop with ``call_soon_threadsafe`` and touched on that loop only. ``run``
+(one task, owned by the server) writes them to the store's tenant log every
+``flush_seconds``; followers get each line once it is stored, with its id, so a backlog read
+from the store and the live lines after it never miss or repeat one. Retention is the
+store's: ``keep_lines`` per tenant, and lines older than ``keep_days`` are forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
-from moonshard.tenants import TenantId
+from moonshard.store.tenantlog import LogQuery, NewLogLine, StoredLogLine
+
+if TYPE_CHECKING:
+    from moonshard.store.tenantlog import TenantLogStore
+    from moonshard.tenants import TenantId
 
 __all__ = ["LogBook", "LogFollower", "LogLine"]
 
-# Per-line bookkeeping counted besides the text, so many empty lines still use the budget.
-_LINE_OVERHEAD = 64
+LogLine = StoredLogLine
+"""One line of a tenant's log (``ts``, ``level``, ``template``, ``message``; ``id``)."""
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LogLine:
-    """One line of a tenant's log."""
-
-    ts: float
-    level: str
-    template: str
-    message: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"ts": self.ts, "level": self.level, "template": self.template,
-                "message": self.message}
-
-    @property
-    def size(self) -> int:
-        return len(self.message) + len(self.template) + _LINE_OVERHEAD
-
-
-class _TenantLog:
-    __slots__ = ("bytes", "errors", "lines")
-
-    def __init__(self, max_lines: int, max_errors: int) -> None:
-        self.lines: collections.deque[LogLine] = collections.deque(maxlen=max_lines)
-        self.errors: collections.deque[LogLine] = collections.deque(maxlen=max_errors)
-        self.bytes = 0
+_DAY = 86_400.0
+# How often lines past the days of retention are removed.
+_FORGET_EVERY = 600.0
+_log = logging.getLogger(__name__)
 
 
 class LogFollower:
     """A live subscription to one tenant's new lines; iterate it, it ends when closed."""
 
-    __slots__ = ("_closed", "_dropped", "_queue")
+    __slots__ = ("_closed", "_dropped", "_queue", "query")
 
-    def __init__(self, max_queued: int) -> None:
+    def __init__(self, max_queued: int, query: LogQuery) -> None:
         if max_queued < 3:
             raise ValueError("a follower needs room for at least 3 lines")
+        self.query = query
         self._queue: asyncio.Queue[LogLine | None] = asyncio.Queue(max_queued)
         self._dropped = 0
         self._closed = False
 
     def offer(self, line: LogLine) -> None:
-        if self._closed:
+        if self._closed or not self.query.matches(line):
             return
         # Two places stay free: one for the "lines skipped" note, one for the end marker.
         if self._queue.qsize() >= self._queue.maxsize - 2:
@@ -71,7 +59,7 @@ class LogFollower:
             self._dropped += 1
             return
         if self._dropped:
-            self._queue.put_nowait(LogLine(line.ts, "warn", "-",
+            self._queue.put_nowait(LogLine(line.id, line.ts, "warn", "-",
                                            f"{self._dropped} lines skipped: reading too slowly"))
             self._dropped = 0
         self._queue.put_nowait(line)
@@ -93,88 +81,150 @@ class LogFollower:
 
 
 class LogBook:
-    """Recent log lines per tenant, with followers. Create it on the loop that reads it."""
+    """Tenants' logs over a store, with followers. Create it on the loop that reads it."""
 
     def __init__(
-        self, *, lines_per_tenant: int = 1000, errors_per_tenant: int = 20,
-        max_tenants: int = 10_000, max_bytes: int = 64 * 1024 * 1024,
-        follower_queue: int = 1000, max_followers: int = 1000,
-        clock: Callable[[], float] = time.time,
+        self, *, keep_lines: int = 1000, keep_days: float = 7.0, errors_per_tenant: int = 20,
+        follower_queue: int = 1000, max_followers: int = 1000, max_pending: int = 100_000,
+        flush_seconds: float = 0.1, clock: Callable[[], float] = time.time,
     ) -> None:
+        if keep_lines < 1 or keep_days <= 0:
+            raise ValueError("a log keeps at least one line, for more than no time")
         self._loop = asyncio.get_running_loop()
-        self._lines_per_tenant = lines_per_tenant
+        self.keep_lines = keep_lines
+        self.keep_days = keep_days
         self._errors_per_tenant = errors_per_tenant
-        self._max_tenants = max_tenants
-        self._max_bytes = max_bytes
         self._follower_queue = follower_queue
         self.max_followers = max_followers
+        self._max_pending = max_pending
+        self._flush_seconds = flush_seconds
         self._clock = clock
-        # Least recently written first, so eviction takes the quietest tenants.
-        self._tenants: collections.OrderedDict[TenantId, _TenantLog] = collections.OrderedDict()
+        self._store: TenantLogStore | None = None
+        self._pending: list[NewLogLine] = []
+        self._dropped = 0
+        self._wake = asyncio.Event()
+        self._ended = asyncio.Event()
+        # Held while writing a batch and while a follower reads its backlog: no line is
+        # then both in a backlog and offered live.
+        self._flushing = asyncio.Lock()
         self._followers: dict[TenantId, set[LogFollower]] = {}
-        self._bytes = 0
         self._closed = False
         self.lines_written = 0
 
     # -- writing (any thread) --------------------------------------------------------------
     def __call__(self, tenant: TenantId, level: str, template: str, message: str) -> None:
         """The engine's ``log=`` sink: safe to call from any thread."""
-        line = LogLine(self._clock(), level, template, message)
+        line = NewLogLine(tenant, self._clock(), level, template, message)
         # RuntimeError: the loop has closed; the service is gone, and its log with it.
         with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._append, tenant, line)
+            self._loop.call_soon_threadsafe(self._buffer, line)
 
-    def _append(self, tenant: TenantId, line: LogLine) -> None:
-        log = self._tenants.get(tenant)
-        if log is None:
-            log = self._tenants[tenant] = _TenantLog(self._lines_per_tenant,
-                                                     self._errors_per_tenant)
-        else:
-            self._tenants.move_to_end(tenant)
-        if len(log.lines) == log.lines.maxlen:
-            dropped = log.lines[0].size
-            log.bytes -= dropped
-            self._bytes -= dropped
-        log.lines.append(line)
-        log.bytes += line.size
-        self._bytes += line.size
-        if line.level == "error":
-            log.errors.append(line)
-        self.lines_written += 1
-        self._evict()
-        for follower in self._followers.get(tenant, ()):
-            follower.offer(line)
+    def _buffer(self, line: NewLogLine) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._dropped += 1  # the store is behind: bounded memory first
+            return
+        self._pending.append(line)
+        self._wake.set()
 
-    def _evict(self) -> None:
-        while len(self._tenants) > 1 and (len(self._tenants) > self._max_tenants
-                                          or self._bytes > self._max_bytes):
-            _, log = self._tenants.popitem(last=False)
-            self._bytes -= log.bytes
+    # -- the writer task -------------------------------------------------------------------
+    def attach(self, store: TenantLogStore) -> None:
+        """Where lines are written and read; until then they wait in memory."""
+        self._store = store
+
+    async def run(self, store: TenantLogStore) -> None:
+        """Writes lines to ``store`` until ``stop``; the service owns this task."""
+        self.attach(store)
+        forgotten_at = -_FORGET_EVERY
+        try:
+            while not self._ended.is_set():
+                if self._loop.time() - forgotten_at >= _FORGET_EVERY:
+                    forgotten_at = self._loop.time()
+                    await self._forget_old(store)
+                await self.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_for_lines(), _FORGET_EVERY)
+                await asyncio.sleep(self._flush_seconds)  # lines arriving meanwhile: a batch
+        finally:
+            await self.flush()
+
+    async def _wait_for_lines(self) -> None:
+        ended = asyncio.ensure_future(self._ended.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({ended, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            woken.cancel()
+
+    async def _forget_old(self, store: TenantLogStore) -> None:
+        try:
+            await store.forget_before(self._clock() - self.keep_days * _DAY)
+        except Exception as error:  # the log must not take the service down
+            _log.warning("could not remove old tenant log lines: %s", error)
+
+    def stop(self) -> None:
+        """Ends ``run`` after a last write of what is pending."""
+        self._ended.set()
+
+    async def flush(self) -> None:
+        """Writes every pending line to the store and offers it to followers."""
+        await asyncio.sleep(0)  # lines already handed to the loop arrive first
+        async with self._flushing:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
+        store = self._store
+        if store is None or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._wake.clear()
+        if self._dropped:
+            _log.warning("%s tenant log lines were dropped: the store is behind", self._dropped)
+            self._dropped = 0
+        try:
+            ids = await store.append(batch, keep_lines=self.keep_lines)
+        except Exception as error:  # the log must not take the service down
+            _log.warning("could not store %s tenant log lines: %s", len(batch), error)
+            return
+        self.lines_written += len(batch)
+        for line, line_id in zip(batch, ids, strict=True):
+            followers = self._followers.get(line.tenant)
+            if followers:
+                stored = StoredLogLine(line_id, line.ts, line.level, line.template, line.message)
+                for follower in followers:
+                    follower.offer(stored)
 
     # -- reading (the loop) ----------------------------------------------------------------
-    def recent(self, tenant: TenantId, limit: int) -> list[LogLine]:
-        """The tenant's last ``limit`` lines, oldest first."""
-        log = self._tenants.get(tenant)
-        if log is None or limit <= 0:
-            return []
-        lines = list(log.lines)
-        return lines[-limit:]
+    async def recent(self, tenant: TenantId, limit: int,
+                     query: LogQuery | None = None) -> list[LogLine]:
+        """The tenant's last ``limit`` lines that match ``query``, oldest first; includes
+        lines written a moment ago."""
+        await asyncio.sleep(0)  # lines already handed to the loop arrive first
+        async with self._flushing:
+            await self._flush_locked()
+            if self._store is None:
+                return []
+            return await self._store.recent(tenant, query or LogQuery(), limit)
 
-    def recent_errors(self, tenant: TenantId) -> list[LogLine]:
-        log = self._tenants.get(tenant)
-        return list(log.errors) if log is not None else []
+    async def recent_errors(self, tenant: TenantId) -> list[LogLine]:
+        return await self.recent(tenant, self._errors_per_tenant, LogQuery(levels=("error",)))
 
-    @contextlib.contextmanager
-    def follow(self, tenant: TenantId) -> Iterator[LogFollower]:
-        """A follower of the tenant's new lines for the ``with`` block; already closed when
-        the book is closed."""
-        follower = LogFollower(self._follower_queue)
+    @contextlib.asynccontextmanager
+    async def follow(self, tenant: TenantId, query: LogQuery,
+                     backlog: int) -> AsyncIterator[tuple[list[LogLine], LogFollower]]:
+        """The last ``backlog`` matching lines and a follower of the new ones, for the
+        ``with`` block; the follower is already closed when the book is closed."""
+        follower = LogFollower(self._follower_queue, query)
         if self._closed:
             follower.close()
         followers = self._followers.setdefault(tenant, set())
-        followers.add(follower)
         try:
-            yield follower
+            async with self._flushing:
+                await self._flush_locked()
+                followers.add(follower)
+                lines = [] if self._store is None else \
+                    await self._store.recent(tenant, query, backlog)
+            yield lines, follower
         finally:
             follower.close()
             followers.discard(follower)

@@ -136,3 +136,5 @@ class TokenBody(_Body):
     """``POST /v1/tokens``."""
 
     tenant: str = Field(description="The tenant the token reaches: guild:<id> or user:<id>")
+    label: str | None = Field(default=None, max_length=200,
+                              description="What the token is for, shown in GET /v1/tokens")

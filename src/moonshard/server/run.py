@@ -2,8 +2,10 @@
 
 On SIGTERM or Ctrl-C: stop accepting connections and end log follow streams, let in-flight
 requests and accepted dispatches finish within ``STOP_DEADLINE``, then leave the engine's
-block, which drains the workers' queues and stops them. A second signal stops at once
-(writes are transactional, so nothing is half-written; unfinished events are lost).
+block, which drains the workers' queues and stops them. Past the deadline the workers are
+stopped at once and every request still waiting is answered 503 ``stopping``, saying how far
+its event got. A second signal stops at once (writes are transactional, so nothing is
+half-written; unfinished events are lost), ending the worker processes first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,15 +24,17 @@ import uvicorn
 
 from moonshard.config import ConfigError, Settings
 from moonshard.engine import Engine
-from moonshard.server.app import create_app
+from moonshard.errors import SchemaError, StoreUnavailable
+from moonshard.server.app import AdminTokenHome, create_app
 from moonshard.server.logbook import LogBook
 from moonshard.server.metrics import Metrics
+from moonshard.store import safe_url
 from moonshard.topology.pool import Topology
 
 if TYPE_CHECKING:
     from moonshard.store.api import TokenStore
 
-__all__ = ["check_buildable", "ensure_admin_token", "listen", "serve"]
+__all__ = ["check_buildable", "ensure_admin_token", "listen", "serve", "write_admin_token"]
 
 # The exit status of a stop forced by a second signal.
 EXIT_FORCED = 130
@@ -94,13 +98,20 @@ async def ensure_admin_token(tokens: TokenStore, settings: Settings) -> str:
         except ValueError as error:
             raise ConfigError(f"{path}: {error}") from None
         return str(path)
-    token = await tokens.create(None)
+    # No file (first start, or it was deleted): a new admin token, and the old one, whoever
+    # may still hold it, ends in the same step.
+    _, token = await tokens.rotate_admin()
     try:
-        _write_private(path, token + "\n")
+        write_admin_token(path, token)
     except OSError as error:
         await tokens.revoke(token)
         raise ConfigError(f"cannot write the admin token file {path}: {error.strerror}") from None
     return str(path)
+
+
+def write_admin_token(path: Path, token: str) -> None:
+    """Writes the admin token file (mode 0600), replacing it in one step."""
+    _write_private(path, token + "\n")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -137,6 +148,7 @@ class _Stopper:
         self._deadline = deadline
         self.server: _Server | None = None
         self.logbook: LogBook | None = None
+        self.engine: Engine | None = None
         self.requested = asyncio.Event()
         # When the first signal came (loop time): in-flight work's deadline counts from it.
         self.requested_at: float | None = None
@@ -144,6 +156,7 @@ class _Stopper:
     def __call__(self, name: str) -> None:
         if self.requested.is_set():
             self._say(f"{name} again: stopping at once; events still running are not finished")
+            self._kill_workers()
             os._exit(EXIT_FORCED)
         self.requested.set()
         self.requested_at = asyncio.get_running_loop().time()
@@ -153,6 +166,12 @@ class _Stopper:
             self.logbook.close()
         if self.server is not None:
             self.server.should_exit = True
+
+    def _kill_workers(self) -> None:
+        # A worker process whose parent vanished would report its broken socket on the
+        # shared stderr: end it first, so the forced stop stays one line.
+        if self.engine is not None:
+            self.engine.kill_worker_processes()
 
     @contextlib.contextmanager
     def installed(self) -> Generator[None, None, None]:
@@ -177,62 +196,106 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
     topology: Topology = "thread" if settings.topology == "thread" else "process"
     stopper = _Stopper(say, settings.stop_deadline)
     with sock, stopper.installed():
-        logbook = LogBook()
+        logbook = LogBook(keep_lines=settings.log_lines, keep_days=settings.log_days)
         metrics = Metrics()
         stopper.logbook = logbook
-        try:
-            async with Engine.open(
-                settings.database_url, topology=topology,
-                workers=settings.workers, limits=settings.limits, log=logbook, observer=metrics,
-                stop_deadline=settings.stop_deadline,
-            ) as engine:
-                where = await ensure_admin_token(engine.store.tokens, settings)
-                app = create_app(engine, logbook=logbook, metrics=metrics)
-                server = _Server(uvicorn.Config(
-                    app, log_level="warning", access_log=False, lifespan="off",
-                    server_header=False,
-                    timeout_graceful_shutdown=max(1, math.ceil(settings.stop_deadline))))
-                stopper.server = server
-                shown = f"[{host}]" if ":" in host else host
-                plural = "s" if settings.workers != 1 else ""
-                say(f"moonshard: {settings.workers} {settings.topology} worker{plural}, "
-                    f"database {_safe_url(settings.database_url)}")
-                say(f"admin token: {where}")
-                say(f"listening on http://{shown}:{port} (Ctrl-C to stop)")
+        async with _opened_engine(settings, topology, logbook, metrics) as engine:
+            stopper.engine = engine
+            logbook.attach(engine.store.logs)
+            where = await ensure_admin_token(engine.store.tokens, settings)
+            app = create_app(engine, logbook=logbook, metrics=metrics,
+                             admin_token=_admin_token_home(settings))
+            # uvicorn's own cut-off would answer a plain-text 500 to every request still
+            # waiting; ours comes first (the deadline, then the workers' stop), so it is
+            # only a backstop.
+            backstop = settings.stop_deadline + settings.limits.hard_wall_seconds + 15
+            server = _Server(uvicorn.Config(
+                app, log_level="warning", access_log=False, lifespan="off",
+                server_header=False, timeout_graceful_shutdown=math.ceil(backstop)))
+            stopper.server = server
+            shown = f"[{host}]" if ":" in host else host
+            plural = "s" if settings.workers != 1 else ""
+            say(f"moonshard: {settings.workers} {settings.topology} worker{plural}, "
+                f"database {safe_url(settings.database_url)}")
+            say(f"admin token: {where}")
+            say(f"listening on http://{shown}:{port} (Ctrl-C to stop)")
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(logbook.run(engine.store.logs))
+                enforcer = tasks.create_task(
+                    _enforce_deadline(engine, server, stopper, settings.stop_deadline, say))
                 if not stopper.requested.is_set():
                     await server.serve(sockets=[sock])
                 sock.close()  # uvicorn closes it too; before serving, nobody else would
-                await _finish_background(engine, stopper.requested_at, settings.stop_deadline,
-                                         say)
-        except* _Abandoned:
-            pass  # reported already; the engine has stopped its workers
+                await _finish_background(engine, stopper.requested_at, settings.stop_deadline)
+                enforcer.cancel()  # a stop it began goes on: Engine.stop_workers is shielded
+                # The workers' own drain (timers, events they emitted) gets what is left of
+                # the deadline, so the whole stop fits in the deadline and the hard limit.
+                loop = asyncio.get_running_loop()
+                since = stopper.requested_at if stopper.requested_at is not None \
+                    else loop.time()
+                await engine.stop_workers(max(0.0, since + settings.stop_deadline - loop.time()))
+                logbook.stop()  # the workers' last lines are stored before the store closes
     say("stopped")
     return 0
 
 
-async def _finish_background(engine: Engine, since: float | None, deadline: float,
-                             say: Callable[[str], None]) -> None:
-    """Waits for dispatches accepted without waiting (202s) until ``deadline`` seconds after
-    ``since`` (the stop signal); the engine's exit would wait for them without a deadline."""
+@contextlib.asynccontextmanager
+async def _opened_engine(settings: Settings, topology: Topology, logbook: LogBook,
+                         metrics: Metrics) -> AsyncIterator[Engine]:
+    """``Engine.open`` with the store's failures said as the setting that caused them."""
+    opened = Engine.open(
+        settings.database_url, topology=topology, workers=settings.workers,
+        limits=settings.limits, log=logbook, observer=metrics,
+        stop_deadline=settings.stop_deadline)
+    try:
+        engine = await opened.__aenter__()
+    except (StoreUnavailable, SchemaError, ValueError) as error:
+        raise ConfigError(f"{_setting('DATABASE_URL', settings)}: {error}") from None
+    try:
+        yield engine
+    except BaseException as error:
+        if not await opened.__aexit__(type(error), error, error.__traceback__):
+            raise
+    else:
+        await opened.__aexit__(None, None, None)
+
+
+def _admin_token_home(settings: Settings) -> AdminTokenHome:
+    if settings.admin_token is not None:
+        return AdminTokenHome(setting=settings.source_of("ADMIN_TOKEN"))
+    return AdminTokenHome(file=settings.admin_token_path, write=write_admin_token)
+
+
+def _setting(name: str, settings: Settings) -> str:
+    source = settings.source_of(name)
+    return f"{name} (default)" if source == "default" else source
+
+
+async def _enforce_deadline(engine: Engine, server: _Server, stopper: _Stopper,
+                            deadline: float, say: Callable[[str], None]) -> None:
+    """Once the stop's deadline has passed with work still in flight, stops the workers: what
+    was running or queued then fails, and each waiting request is told how far its event got
+    (``moonshard.server.app``), instead of uvicorn cutting it off."""
+    await stopper.requested.wait()
+    loop = asyncio.get_running_loop()
+    assert stopper.requested_at is not None
+    await asyncio.sleep(max(0.0, stopper.requested_at + deadline - loop.time()))
+    requests = len(server.server_state.tasks)
+    background = engine.background_dispatches
+    if requests or background:
+        say(f"warning: {requests} requests and {background} accepted dispatches did not "
+            f"finish within {deadline:g} s; stopping the workers now (events still running "
+            "are not finished; a handler's writes commit only when it returns)")
+    await engine.stop_workers(0.0)
+
+
+async def _finish_background(engine: Engine, since: float | None, deadline: float) -> None:
+    """Waits for dispatches accepted without waiting (202s) until the workers' stop ends
+    them; the engine's exit would wait for them anyway, without a deadline."""
     loop = asyncio.get_running_loop()
     until = (since if since is not None else loop.time()) + deadline
     # The engine exposes a count, not an event to wait on; polling it is cheap.
     while engine.background_dispatches and loop.time() < until:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    left = engine.background_dispatches
-    if left:
-        say(f"warning: {left} accepted dispatches did not finish within {deadline:g} s; "
-            "they are cancelled")
-        raise _Abandoned
-
-
-class _Abandoned(Exception):
-    """Leaves the engine's block so that its task group cancels what is left."""
-
-
-def _safe_url(url: str) -> str:
-    # A PostgreSQL URL may hold a password: show only its scheme and host part.
-    scheme, _, rest = url.partition("://")
-    if scheme.startswith("sqlite"):
-        return url
-    return f"{scheme}://{rest.rpartition('@')[2]}"
+    if engine.background_dispatches:
+        await engine.stop_workers(0.0)

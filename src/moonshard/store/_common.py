@@ -15,9 +15,11 @@ from moonshard.values import loads_json
 __all__ = [
     "check_admin",
     "check_emits",
+    "check_label",
     "check_pending",
     "check_template_count",
     "new_token",
+    "new_token_id",
     "outbox_event",
     "scheduled_event",
     "template_from_row",
@@ -49,9 +51,24 @@ def new_token() -> str:
     return "mst_" + secrets.token_urlsafe(32)
 
 
-def token_info(kind: str | None, tenant_id: str | None, created_at: float) -> TokenInfo:
+def new_token_id() -> str:
+    """A token's public name: random, unrelated to its secret."""
+    return "tok_" + secrets.token_hex(8)
+
+
+def token_info(kind: str | None, tenant_id: str | None, created_at: float,
+               token_id: str | None = None, label: str | None = None,
+               last_used_at: float | None = None) -> TokenInfo:
+    """A TokenInfo from ``tenant_kind, tenant_id, created_at, id, label, last_used_at``."""
     tenant = None if kind is None or tenant_id is None else TenantId(kind, tenant_id)
-    return TokenInfo(tenant, float(created_at))
+    return TokenInfo(tenant, float(created_at), token_id or "", label,
+                     None if last_used_at is None else float(last_used_at))
+
+
+def check_label(label: str | None) -> str | None:
+    if label is not None and (len(label) > 200 or not label.isprintable()):
+        raise ValueError("a token label is at most 200 printable characters")
+    return label
 
 
 def check_admin(info: TokenInfo | None) -> None:

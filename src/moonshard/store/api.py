@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Self
 from moonshard.values import JsonValue
 
 if TYPE_CHECKING:
+    from moonshard.store.tenantlog import TenantLogStore
     from moonshard.templates import Template, TemplateSet
     from moonshard.tenants import TenantId
 
 __all__ = [
+    "ADMIN_LABEL",
+    "TOKEN_USE_RESOLUTION",
     "ExpiryCursor",
     "KVDelete",
     "KVExpire",
@@ -204,6 +207,11 @@ class TemplateStore(abc.ABC):
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         """Removes one template and bumps the version; None when it did not exist."""
 
+    @abc.abstractmethod
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        """Tenants that ever saved a template (set version above 0), by kind then id as text,
+        the first ``limit`` after ``after``."""
+
 
 def hash_token(token: str) -> str:
     """How a bearer token is stored: the hex SHA-256 of its text.
@@ -216,10 +224,17 @@ def hash_token(token: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenInfo:
-    """Who a bearer token speaks for: one tenant, or every tenant (``tenant`` None, admin)."""
+    """Who a bearer token speaks for: one tenant, or every tenant (``tenant`` None, admin).
+
+    ``id`` names the token where its secret must not appear (lists, revocation);
+    ``last_used_at`` is kept to the minute.
+    """
 
     tenant: TenantId | None
     created_at: float
+    id: str = ""
+    label: str | None = None
+    last_used_at: float | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -228,28 +243,67 @@ class TokenInfo:
     def reaches(self, tenant: TenantId) -> bool:
         return self.tenant is None or self.tenant == tenant
 
+    def to_json(self) -> dict[str, JsonValue]:
+        return {"id": self.id, "tenant": None if self.tenant is None else str(self.tenant),
+                "label": self.label, "created_at": self.created_at,
+                "last_used_at": self.last_used_at}
+
+
+# How stale a token's recorded last use may get before a use writes it again: a write per
+# request would make every authenticated read a write.
+TOKEN_USE_RESOLUTION = 60.0
+ADMIN_LABEL = "admin"
+
 
 class TokenStore(abc.ABC):
-    """API bearer tokens. Only their hashes are stored; the text is shown once, at creation."""
+    """API bearer tokens. Only their hashes are stored; the text is shown once, at creation.
+
+    There is exactly one admin token once the service has started: making or naming a new
+    one (``rotate_admin``, ``ensure_admin``) ends the one before in the same transaction.
+    """
+
+    async def create(self, tenant: TenantId | None, label: str | None = None) -> str:
+        """A new token for ``tenant`` (None: the admin token, replacing the old one)."""
+        if tenant is None:
+            return (await self.rotate_admin())[1]
+        return (await self.issue(tenant, label))[1]
 
     @abc.abstractmethod
-    async def create(self, tenant: TenantId | None) -> str:
-        """A new random token for ``tenant`` (None: an admin token); returns its text."""
+    async def issue(self, tenant: TenantId, label: str | None = None) -> tuple[TokenInfo, str]:
+        """A new random token that reaches ``tenant`` only: its record and its text."""
+
+    @abc.abstractmethod
+    async def rotate_admin(self) -> tuple[TokenInfo, str]:
+        """A new admin token; the old one stops working in the same transaction."""
 
     @abc.abstractmethod
     async def resolve(self, token: str) -> TokenInfo | None:
-        """Who ``token`` speaks for; None when it is unknown or revoked."""
+        """Who ``token`` speaks for; None when it is unknown or revoked. Records the use
+        (at most once per ``TOKEN_USE_RESOLUTION`` seconds)."""
 
     @abc.abstractmethod
     async def ensure_admin(self, token: str) -> None:
-        """Records ``token`` (for example the one in the admin token file) as an admin token.
+        """Makes ``token`` (the admin token file's, or ADMIN_TOKEN) the admin token; any other
+        admin token ends.
 
         Idempotent. Raises ``ValueError`` if that token exists for a single tenant.
         """
 
     @abc.abstractmethod
     async def revoke(self, token: str) -> bool:
-        """Forgets ``token``; True if it existed."""
+        """Forgets ``token`` (by its text); True if it existed."""
+
+    @abc.abstractmethod
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Every token, the admin token first, then by creation."""
+
+    @abc.abstractmethod
+    async def revoke_id(self, token_id: str) -> TokenInfo | None:
+        """Ends the tenant token of that id; its record, or None when there is none.
+
+        Raises ``ValueError`` for the admin token's id: it is replaced, never just ended,
+        so that the service always has one.
+        """
 
 
 ExpiryCursor = tuple[float, str, str, str, str]
@@ -489,6 +543,7 @@ class Store(abc.ABC):
     tokens: TokenStore
     timers: TimerStore
     runs: RunStore
+    logs: TenantLogStore
 
     @abc.abstractmethod
     async def close(self) -> None:

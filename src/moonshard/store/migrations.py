@@ -183,6 +183,56 @@ _POSTGRES_V1 = (
     "CREATE INDEX scheduled_events_tenant ON scheduled_events (tenant_kind, tenant_id)",
 )
 
+# Version 2: tokens get an id (what an operator lists and revokes), a label and a last-use
+# time; there is one admin token (the newest of several is kept: the ones before were meant
+# to be replaced); tenants' log lines are stored.
+_TOKENS_V2_DEDUP = (
+    "DELETE FROM api_tokens WHERE tenant_kind IS NULL AND token_hash <> ("
+    "SELECT token_hash FROM api_tokens WHERE tenant_kind IS NULL"
+    " ORDER BY created_at DESC, token_hash LIMIT 1)")
+_SQLITE_V2 = (
+    "ALTER TABLE api_tokens ADD COLUMN id TEXT",
+    "ALTER TABLE api_tokens ADD COLUMN label TEXT",
+    "ALTER TABLE api_tokens ADD COLUMN last_used_at REAL",
+    # Existing tokens: an id from their hash (the hash of a 256-bit secret reveals nothing).
+    "UPDATE api_tokens SET id = 'tok_' || substr(token_hash, 1, 16)",
+    _TOKENS_V2_DEDUP,
+    "CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id)",
+    "CREATE UNIQUE INDEX api_tokens_admin ON api_tokens ((tenant_kind IS NULL))"
+    " WHERE tenant_kind IS NULL",
+    """CREATE TABLE tenant_logs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_kind TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        ts REAL NOT NULL,
+        level TEXT NOT NULL,
+        template TEXT NOT NULL,
+        message TEXT NOT NULL
+    )""",
+    "CREATE INDEX tenant_logs_tenant ON tenant_logs (tenant_kind, tenant_id, id)",
+    "CREATE INDEX tenant_logs_ts ON tenant_logs (ts)",
+)
+_POSTGRES_V2 = (
+    'ALTER TABLE api_tokens ADD COLUMN id text COLLATE "C"',
+    "ALTER TABLE api_tokens ADD COLUMN label text",
+    "ALTER TABLE api_tokens ADD COLUMN last_used_at double precision",
+    "UPDATE api_tokens SET id = 'tok_' || substr(token_hash, 1, 16)",
+    _TOKENS_V2_DEDUP,
+    "CREATE UNIQUE INDEX api_tokens_id ON api_tokens (id)",
+    "CREATE UNIQUE INDEX api_tokens_admin ON api_tokens ((tenant_kind IS NULL))"
+    " WHERE tenant_kind IS NULL",
+    """CREATE TABLE tenant_logs (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        tenant_kind text COLLATE "C" NOT NULL,
+        tenant_id text COLLATE "C" NOT NULL,
+        ts double precision NOT NULL,
+        level text NOT NULL,
+        template text NOT NULL,
+        message text NOT NULL
+    )""",
+    "CREATE INDEX tenant_logs_tenant ON tenant_logs (tenant_kind, tenant_id, id)",
+    "CREATE INDEX tenant_logs_ts ON tenant_logs (ts)",
+)
 # Version 3: the outbox of emitted events, written in the transaction of the run that
 # emitted them and deleted once they are delivered, so a crash between the two loses none.
 _SQLITE_V3 = (
@@ -213,6 +263,8 @@ _POSTGRES_V3 = (
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "key-value store, templates, tenant state, tokens, scheduled events",
               _SQLITE_V1, _POSTGRES_V1),
+    Migration(2, "token ids, labels and last use; one admin token; tenant logs",
+              _SQLITE_V2, _POSTGRES_V2),
     Migration(3, "outbox of emitted events", _SQLITE_V3, _POSTGRES_V3),
 )
 LATEST_VERSION = MIGRATIONS[-1].version

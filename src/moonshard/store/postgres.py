@@ -23,15 +23,19 @@ from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
     check_emits,
+    check_label,
     check_pending,
     check_template_count,
     new_token,
+    new_token_id,
     outbox_event,
     scheduled_event,
     template_from_row,
     token_info,
 )
 from moonshard.store.api import (
+    ADMIN_LABEL,
+    TOKEN_USE_RESOLUTION,
     ExpiryCursor,
     KVExpire,
     KVIncr,
@@ -56,6 +60,7 @@ from moonshard.store.api import (
     hash_token,
 )
 from moonshard.store.migrations import migrate_postgres
+from moonshard.store.postgres_logs import PostgresTenantLogStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, dumps_json, loads_json
@@ -146,6 +151,9 @@ _TEMPLATE_PUT = (
     " events = EXCLUDED.events, paused = EXCLUDED.paused, version = EXCLUDED.version,"
     " updated_at = EXCLUDED.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_TENANT} AND name = $3"
+_SET_TENANTS = (
+    "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
+    " AND (tenant_kind, tenant_id) > ($1, $2) ORDER BY tenant_kind, tenant_id LIMIT $3")
 # Serialises writers of one tenant's set: the version row is locked (or created) first.
 _SET_LOCK = (
     "INSERT INTO template_sets (tenant_kind, tenant_id, version, updated_at)"
@@ -153,11 +161,22 @@ _SET_LOCK = (
     " SET version = template_sets.version RETURNING version")
 
 # -- tokens ------------------------------------------------------------------------------------
+_TOKEN_FIELDS = "tenant_kind, tenant_id, created_at, id, label, last_used_at"
 _TOKEN_INSERT = (
-    "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at)"
-    " VALUES ($1, $2, $3, $4) ON CONFLICT (token_hash) DO NOTHING")
-_TOKEN_GET = "SELECT tenant_kind, tenant_id, created_at FROM api_tokens WHERE token_hash = $1"
+    "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at, id, label)"
+    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (token_hash) DO NOTHING")
+_TOKEN_GET = f"SELECT {_TOKEN_FIELDS} FROM api_tokens WHERE token_hash = $1"
+_TOKEN_TOUCH = "UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2"
 _TOKEN_DELETE = "DELETE FROM api_tokens WHERE token_hash = $1"
+_TOKEN_DELETE_OTHER_ADMINS = (
+    "DELETE FROM api_tokens WHERE tenant_kind IS NULL AND token_hash <> $1")
+_TOKEN_LIST = (
+    f"SELECT {_TOKEN_FIELDS} FROM api_tokens"
+    " ORDER BY tenant_kind IS NOT NULL, created_at, id")
+_TOKEN_DELETE_ID = f"DELETE FROM api_tokens WHERE id = $1 RETURNING {_TOKEN_FIELDS}"
+_TOKEN_BY_ID = f"SELECT {_TOKEN_FIELDS} FROM api_tokens WHERE id = $1 FOR UPDATE"
+# Serialises admin token changes (two servers starting on one database at once).
+_TOKEN_ADMIN_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':admin-token'))"
 
 # -- scheduled events --------------------------------------------------------------------------
 _EVENT_FIELDS = "id, tenant_kind, tenant_id, key, name, data, due_at, attempt, created_at"
@@ -212,7 +231,7 @@ def split_schema(database_url: str) -> tuple[str, str | None]:
 class PostgresStore(Store):
     """The PostgreSQL store. Open with ``await PostgresStore.open(dsn, schema=...)``."""
 
-    __slots__ = ("_pool", "kv", "runs", "schema", "templates", "timers", "tokens")
+    __slots__ = ("_pool", "kv", "logs", "runs", "schema", "templates", "timers", "tokens")
 
     def __init__(self, pool: asyncpg.Pool, schema: str | None) -> None:
         self._pool = pool
@@ -222,6 +241,7 @@ class PostgresStore(Store):
         self.tokens = PostgresTokenStore(pool)
         self.timers = PostgresTimerStore(pool)
         self.runs = PostgresRunStore(pool)
+        self.logs = PostgresTenantLogStore(pool)
 
     @classmethod
     async def open_url(cls, database_url: str) -> PostgresStore:
@@ -448,6 +468,11 @@ class PostgresTemplateStore(_Component, TemplateStore):
 
         return await _retrying(self._pool, body)
 
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        start = ("", "") if after is None else (after.kind, after.id)
+        rows = await self._pool.fetch(_SET_TENANTS, *start, limit)
+        return [TenantId(row[0], row[1]) for row in rows]
+
 
 async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:
     version = await conn.fetchval(_SET_VERSION, tenant.kind, tenant.id)
@@ -460,22 +485,68 @@ async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:
 class PostgresTokenStore(_Component, TokenStore):
     __slots__ = ()
 
-    async def create(self, tenant: TenantId | None) -> str:
+    async def issue(self, tenant: TenantId, label: str | None = None) -> tuple[TokenInfo, str]:
         token = new_token()
-        kind, tenant_id = (None, None) if tenant is None else (tenant.kind, tenant.id)
-        await self._pool.execute(_TOKEN_INSERT, hash_token(token), kind, tenant_id, time.time())
-        return token
+        token_hash = hash_token(token)
+        await self._pool.execute(_TOKEN_INSERT, token_hash, tenant.kind, tenant.id, time.time(),
+                                 new_token_id(), check_label(label))
+        info = await self._get(token_hash)
+        assert info is not None
+        return info, token
+
+    async def rotate_admin(self) -> tuple[TokenInfo, str]:
+        token = new_token()
+        return await self._make_admin(hash_token(token)), token
+
+    async def _make_admin(self, token_hash: str) -> TokenInfo:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_TOKEN_ADMIN_LOCK)
+            row = await conn.fetchrow(_TOKEN_GET, token_hash)
+            check_admin(None if row is None else _token_row(row))
+            # The old admin token ends in the same transaction the new one begins.
+            await conn.execute(_TOKEN_DELETE_OTHER_ADMINS, token_hash)
+            await conn.execute(_TOKEN_INSERT, token_hash, None, None, time.time(),
+                               new_token_id(), ADMIN_LABEL)
+            row = await conn.fetchrow(_TOKEN_GET, token_hash)
+        assert row is not None
+        return _token_row(row)
+
+    async def _get(self, token_hash: str) -> TokenInfo | None:
+        row = await self._pool.fetchrow(_TOKEN_GET, token_hash)
+        return None if row is None else _token_row(row)
 
     async def resolve(self, token: str) -> TokenInfo | None:
-        row = await self._pool.fetchrow(_TOKEN_GET, hash_token(token))
-        return None if row is None else token_info(row[0], row[1], row[2])
+        token_hash = hash_token(token)
+        info = await self._get(token_hash)
+        now = time.time()
+        if info is not None and (info.last_used_at is None or
+                                 now - info.last_used_at >= TOKEN_USE_RESOLUTION):
+            await self._pool.execute(_TOKEN_TOUCH, now, token_hash)
+        return info
 
     async def ensure_admin(self, token: str) -> None:
-        await self._pool.execute(_TOKEN_INSERT, hash_token(token), None, None, time.time())
-        check_admin(await self.resolve(token))
+        await self._make_admin(hash_token(token))
 
     async def revoke(self, token: str) -> bool:
         return bool(await self._pool.execute(_TOKEN_DELETE, hash_token(token)) != "DELETE 0")
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        return [_token_row(row) for row in await self._pool.fetch(_TOKEN_LIST)]
+
+    async def revoke_id(self, token_id: str) -> TokenInfo | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_TOKEN_BY_ID, token_id)
+            if row is None:
+                return None
+            info = _token_row(row)
+            if info.is_admin:
+                raise ValueError("that is the admin token: replace it with rotate-admin instead")
+            await conn.execute(_TOKEN_DELETE_ID, token_id)
+        return info
+
+
+def _token_row(row: asyncpg.Record | Sequence[Any]) -> TokenInfo:
+    return token_info(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 # -- timers ------------------------------------------------------------------------------------

@@ -22,9 +22,11 @@ from moonshard.store import kvlogic
 from moonshard.store._common import (
     check_admin,
     check_emits,
+    check_label,
     check_pending,
     check_template_count,
     new_token,
+    new_token_id,
     outbox_event,
     scheduled_event,
     template_from_row,
@@ -32,6 +34,8 @@ from moonshard.store._common import (
 )
 from moonshard.store._sqlitethread import ConnectionThreads
 from moonshard.store.api import (
+    ADMIN_LABEL,
+    TOKEN_USE_RESOLUTION,
     ExpiryCursor,
     KVExpire,
     KVIncr,
@@ -56,6 +60,7 @@ from moonshard.store.api import (
     hash_token,
 )
 from moonshard.store.migrations import migrate_sqlite
+from moonshard.store.sqlite_logs import SqliteTenantLogStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue, dumps_json, loads_json
@@ -129,13 +134,25 @@ _TEMPLATE_PUT = (
     " events = excluded.events, paused = excluded.paused, version = excluded.version,"
     " updated_at = excluded.updated_at")
 _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_KV_TENANT} AND name = ?"
+_SET_TENANTS = (
+    "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
+    " AND (tenant_kind, tenant_id) > (?, ?) ORDER BY tenant_kind, tenant_id LIMIT ?")
 
 # -- tokens ------------------------------------------------------------------------------------
+_TOKEN_FIELDS = "tenant_kind, tenant_id, created_at, id, label, last_used_at"
 _TOKEN_INSERT = (
-    "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (token_hash) DO NOTHING")
-_TOKEN_GET = "SELECT tenant_kind, tenant_id, created_at FROM api_tokens WHERE token_hash = ?"
+    "INSERT INTO api_tokens (token_hash, tenant_kind, tenant_id, created_at, id, label)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (token_hash) DO NOTHING")
+_TOKEN_GET = f"SELECT {_TOKEN_FIELDS} FROM api_tokens WHERE token_hash = ?"
+_TOKEN_TOUCH = "UPDATE api_tokens SET last_used_at = ? WHERE token_hash = ?"
 _TOKEN_DELETE = "DELETE FROM api_tokens WHERE token_hash = ?"
+_TOKEN_DELETE_OTHER_ADMINS = (
+    "DELETE FROM api_tokens WHERE tenant_kind IS NULL AND token_hash <> ?")
+_TOKEN_LIST = (
+    f"SELECT {_TOKEN_FIELDS} FROM api_tokens"
+    " ORDER BY tenant_kind IS NOT NULL, created_at, id")
+_TOKEN_BY_ID = f"SELECT {_TOKEN_FIELDS} FROM api_tokens WHERE id = ?"
+_TOKEN_DELETE_ID = "DELETE FROM api_tokens WHERE id = ?"
 
 # -- scheduled events --------------------------------------------------------------------------
 _EVENT_FIELDS = "id, tenant_kind, tenant_id, key, name, data, due_at, attempt, created_at"
@@ -172,7 +189,8 @@ _OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "path", "runs", "templates", "timers", "tokens")
+    __slots__ = ("_reader", "_writer", "kv", "logs", "path", "runs", "templates", "timers",
+                 "tokens")
 
     def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
         self.path = path
@@ -183,6 +201,7 @@ class SqliteStore(Store):
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
         self.runs = SqliteRunStore(writer, reader)
+        self.logs = SqliteTenantLogStore(writer, reader)
 
     @classmethod
     async def open(
@@ -421,6 +440,11 @@ class SqliteTemplateStore(_Component, TemplateStore):
     async def delete(self, tenant: TenantId, name: str) -> TemplateSet | None:
         return await self._writer.transact(_delete_template, tenant, name, time.time())
 
+    async def tenants(self, *, after: TenantId | None, limit: int) -> list[TenantId]:
+        start = ("", "") if after is None else (after.kind, after.id)
+        rows = await self._reader.run(_fetch_all, _SET_TENANTS, (*start, limit))
+        return [TenantId(row[0], row[1]) for row in rows]
+
 
 def _load_set_snapshot(conn: sqlite3.Connection, tenant: TenantId) -> TemplateSet:
     with _snapshot(conn):  # the version and the templates from one snapshot
@@ -466,40 +490,91 @@ def _delete_template(
 class SqliteTokenStore(_Component, TokenStore):
     __slots__ = ()
 
-    async def create(self, tenant: TenantId | None) -> str:
+    async def issue(self, tenant: TenantId, label: str | None = None) -> tuple[TokenInfo, str]:
         token = new_token()
-        await self._writer.transact(_token_insert, hash_token(token), tenant, time.time())
-        return token
+        info = await self._writer.transact(_token_insert, hash_token(token), tenant,
+                                           time.time(), check_label(label))
+        return info, token
+
+    async def rotate_admin(self) -> tuple[TokenInfo, str]:
+        token = new_token()
+        info = await self._writer.transact(_token_make_admin, hash_token(token), time.time())
+        return info, token
 
     async def resolve(self, token: str) -> TokenInfo | None:
-        return await self._reader.run(_token_get, hash_token(token))
+        token_hash = hash_token(token)
+        info = await self._reader.run(_token_get, token_hash)
+        now = time.time()
+        if info is not None and (info.last_used_at is None or
+                                 now - info.last_used_at >= TOKEN_USE_RESOLUTION):
+            await self._writer.transact(_token_touch, token_hash, now)
+        return info
 
     async def ensure_admin(self, token: str) -> None:
-        await self._writer.transact(_token_ensure_admin, hash_token(token), time.time())
+        await self._writer.transact(_token_make_admin, hash_token(token), time.time())
 
     async def revoke(self, token: str) -> bool:
         return await self._writer.transact(_token_delete, hash_token(token))
 
+    async def list_tokens(self) -> list[TokenInfo]:
+        return await self._reader.run(_token_list)
+
+    async def revoke_id(self, token_id: str) -> TokenInfo | None:
+        return await self._writer.transact(_token_delete_id, token_id)
+
+
+def _token_row(row: Sequence[Any]) -> TokenInfo:
+    return token_info(row[0], row[1], row[2], row[3], row[4], row[5])
+
 
 def _token_insert(
     conn: sqlite3.Connection, token_hash: str, tenant: TenantId | None, now: float,
-) -> None:
+    label: str | None,
+) -> TokenInfo:
     kind, tenant_id = (None, None) if tenant is None else (tenant.kind, tenant.id)
-    conn.execute(_TOKEN_INSERT, (token_hash, kind, tenant_id, now))
+    conn.execute(_TOKEN_INSERT, (token_hash, kind, tenant_id, now, new_token_id(), label))
+    info = _token_get(conn, token_hash)
+    assert info is not None
+    return info
 
 
 def _token_get(conn: sqlite3.Connection, token_hash: str) -> TokenInfo | None:
     row = conn.execute(_TOKEN_GET, (token_hash,)).fetchone()
-    return None if row is None else token_info(row[0], row[1], row[2])
+    return None if row is None else _token_row(row)
 
 
-def _token_ensure_admin(conn: sqlite3.Connection, token_hash: str, now: float) -> None:
-    _token_insert(conn, token_hash, None, now)
+def _token_touch(conn: sqlite3.Connection, token_hash: str, now: float) -> None:
+    conn.execute(_TOKEN_TOUCH, (now, token_hash))
+
+
+def _token_make_admin(conn: sqlite3.Connection, token_hash: str, now: float) -> TokenInfo:
     check_admin(_token_get(conn, token_hash))
+    # The old admin token ends in the same transaction the new one begins.
+    conn.execute(_TOKEN_DELETE_OTHER_ADMINS, (token_hash,))
+    return _token_insert(conn, token_hash, None, now, ADMIN_LABEL)
 
 
 def _token_delete(conn: sqlite3.Connection, token_hash: str) -> bool:
     return conn.execute(_TOKEN_DELETE, (token_hash,)).rowcount > 0
+
+
+def _token_list(conn: sqlite3.Connection) -> list[TokenInfo]:
+    return [_token_row(row) for row in conn.execute(_TOKEN_LIST)]
+
+
+def _token_delete_id(conn: sqlite3.Connection, token_id: str) -> TokenInfo | None:
+    row = conn.execute(_TOKEN_BY_ID, (token_id,)).fetchone()
+    if row is None:
+        return None
+    info = _token_row(row)
+    if info.is_admin:
+        raise ValueError("that is the admin token: replace it with rotate-admin instead")
+    conn.execute(_TOKEN_DELETE_ID, (token_id,))
+    return info
+
+
+def _fetch_all(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
 
 
 # -- timers ------------------------------------------------------------------------------------
