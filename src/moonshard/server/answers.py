@@ -75,6 +75,8 @@ class WorkerStatus(WorkerHealth):
     queued: int | None = Field(default=None, description="Events waiting in its mailboxes")
     stopping: bool | None = None
     timers: TimerFigures | None = None
+    quarantined: list[str] | None = Field(
+        default=None, description="Tenants it set aside after a stuck call (thread topology)")
     error: str | None = Field(default=None, description="Why its figures are missing")
 
 
