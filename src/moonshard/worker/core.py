@@ -18,6 +18,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+# issue 11 (Discord): the worker's DiscordHost, its config field and the ctx.discord capability.
+from moonshard.discord.capability import DiscordHost
+from moonshard.discord.config import DiscordConfig
 from moonshard.errors import Overloaded, WorkerUnavailable
 from moonshard.events import Event, HandlerResult
 from moonshard.host.api import Capability
@@ -64,13 +67,17 @@ class WorkerConfig:
     timers: TimerConfig = dataclasses.field(default_factory=TimerConfig)
     # Tenants with resume keys whose VMs are built at once when the worker starts.
     warm_up_concurrency: int = 8
+    # issue 11: how this worker reaches Discord (the bot token is a secret: never on argv).
+    discord: DiscordConfig | None = None
 
     @property
     def shard(self) -> Shard:
         return (self.index, self.workers)
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        wire = dataclasses.asdict(dataclasses.replace(self, discord=None))
+        wire["discord"] = self.discord.to_wire() if self.discord is not None else None
+        return wire
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> WorkerConfig:
@@ -79,6 +86,8 @@ class WorkerConfig:
         timers = dict(fields["timers"])
         timers["backoff"] = tuple(timers["backoff"])
         fields["timers"] = TimerConfig(**timers)
+        discord = fields.get("discord")
+        fields["discord"] = DiscordConfig.from_wire(discord) if discord is not None else None
         return cls(**fields)
 
 
@@ -162,6 +171,8 @@ class WorkerCore:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             config.lua_threads, thread_name_prefix=f"moonshard-lua-{config.index}")
         self._watchdog = StepWatchdog(config.limits.hard_wall_seconds, self._stuck)
+        # issue 11: Discord (its REST client opens on first use, on this worker's loop).
+        self._discord = DiscordHost.from_config(config.discord)
         self.timers = TimerService(
             {"expiry": self._page_source("expiry"), "scheduled": self._page_source("scheduled")},
             self._fire_through_mailbox, config.timers)
@@ -201,6 +212,7 @@ class WorkerCore:
             finally:
                 self._tasks = None
                 self._executor.shutdown(wait=True, cancel_futures=True)
+                await self._discord.close()  # issue 11
 
     async def handle(self, request: Request, on_start: Callable[[], None] | None = None) -> Any:
         """Handles one request; ``on_start`` is called when a dispatch begins to run."""
@@ -552,6 +564,9 @@ class WorkerCore:
                                 on_commit=self._arm_expiries(tenant)),
                 "events": EventsCapability(tenant, limits, self._store.timers, deliver,
                                            author=running.author, on_scheduled=scheduled),
+                # issue 11: ctx.discord; its buckets live in the slot, outside the VM.
+                "discord": self._discord.open_run(tenant, running, slot.rate_limiter,
+                                                  self._tenant_log(tenant), template.name),
             }
 
         results = await dispatch_event(vm, template_set, event, open_capabilities,
