@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from moonshard.discord.capability import DiscordHost
+from moonshard.discord.recorder import RecordedCall, RecordingRest
 from moonshard.events import Event, HandlerResult
 from moonshard.host.api import Capability
 from moonshard.host.dispatch import dispatch_event
@@ -35,10 +37,13 @@ _MAX_EVENTS_PER_RUN = 100
 class EventReport:
     event: Event
     results: list[HandlerResult]
+    # The ctx.discord calls its handlers made: recorded, not sent.
+    discord: list[RecordedCall] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, JsonValue]:
         return {"event": {"name": self.event.name, "id": self.event.id},
-                "results": [result.to_json() for result in self.results]}
+                "results": [result.to_json() for result in self.results],
+                "discord": [call.to_json() for call in self.discord]}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,6 +54,7 @@ class RunReport:
     results: list[HandlerResult]
     emitted: list[EventReport]
     subscriptions: tuple[str, ...]
+    discord: list[RecordedCall] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,7 +66,7 @@ class RunReport:
         return self.event.name in self.subscriptions
 
     def to_json(self) -> dict[str, JsonValue]:
-        out = EventReport(self.event, self.results).to_json()
+        out = EventReport(self.event, self.results, self.discord).to_json()
         out["emitted"] = [report.to_json() for report in self.emitted]
         return out
 
@@ -99,25 +105,31 @@ class LocalRunner:
         reports: list[EventReport] = []
         rate_limiter = GcraLimiter()
         vm: TenantVM | None = None
+        # ctx.discord is recorded, not sent; scope and limit checks still apply.
+        recorder = RecordingRest(self._tenant.id if self._tenant.kind == "guild" else None)
+        discord = DiscordHost(recorder, stand_in=True)
 
         def open_capabilities(template: Template, event: Event) -> Mapping[str, Capability]:
             return {
                 "kv": KVSession(store.kv, self._tenant, self._limits, rate_limiter),
                 "events": EventsCapability(self._tenant, self._limits, store.timers,
                                            queue.extend, author=event.author),
+                "discord": discord.open_run(self._tenant, event, rate_limiter, self._log,
+                                            template.name),
             }
 
         while queue and len(reports) < _MAX_EVENTS_PER_RUN:
             event = queue.pop(0)
             if vm is None or vm.broken is not None:
                 vm = await build_vm(template_set, self._limits, self._log, self._run_step)
+            recorded = len(recorder.calls)
             results = await dispatch_event(vm, template_set, event, open_capabilities,
                                            self._run_step, self._log)
-            reports.append(EventReport(event, results))
+            reports.append(EventReport(event, results, recorder.calls[recorded:]))
         if queue:
             self._log("warn", template_set.templates[0].name,
                       f"stopped after {_MAX_EVENTS_PER_RUN} events; {len(queue)} emitted events "
                       "were not run")
         head = reports[0]
         return RunReport(head.event, head.results, reports[1:],
-                         template_set.templates[0].events)
+                         template_set.templates[0].events, head.discord)
