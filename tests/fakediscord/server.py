@@ -96,6 +96,7 @@ class FakeDiscord:
         self.identifies = 0
         self.resumes = 0
         self.heartbeats = 0
+        self.compressed_connections = 0
         self._sessions: dict[int, _Session] = {}
         self._pending: dict[int, list[dict[str, Any]]] = {}
         self._ids = itertools.count(int(time.time() * 1000) << 22)
@@ -256,7 +257,9 @@ class FakeDiscord:
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
-        socket = _Socket(ws, request.query.get("compress") == "zlib-stream")
+        compress = request.query.get("compress") == "zlib-stream"
+        self.compressed_connections += compress
+        socket = _Socket(ws, compress)
         await socket.send({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_ms}})
         session: _Session | None = None
         async for message in ws:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import MappingProxyType
 from typing import Annotated, Any
 
@@ -120,6 +120,7 @@ Tenant = Annotated[TenantId, Depends(_reached_tenant)]
 def create_app(
     engine: Engine, *, logbook: LogBook, metrics: Metrics, tokens: TokenStore | None = None,
     max_body_bytes: int = MAX_BODY_BYTES, kv_limiter: GcraLimiter | None = None,
+    gateway_status: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The ASGI app of one engine. ``tokens`` defaults to the engine's store's tokens;
     ``kv_limiter`` rate-limits the API's kv calls per tenant (default: ``ctx.kv``'s rates)."""
@@ -177,8 +178,11 @@ def create_app(
         ``degraded`` (503), so a load balancer stops sending work."""
         workers = await engine.status()
         healthy = all(worker.get("up") and worker.get("healthy") for worker in workers)
-        return JSONResponse({"status": "ok" if healthy else "degraded", "workers": workers},
-                            status_code=200 if healthy else 503)
+        body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "workers": workers}
+        if gateway_status is not None:
+            # Shown, not counted: Discord being away is no reason to stop serving the API.
+            body["gateway"] = gateway_status()
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def prometheus_metrics() -> Response:

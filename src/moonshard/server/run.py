@@ -14,13 +14,14 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from moonshard.config import ConfigError, Settings
+from moonshard.discord.config import DiscordConfig
 from moonshard.engine import Engine
 from moonshard.server.app import create_app
 from moonshard.server.logbook import LogBook
@@ -28,6 +29,7 @@ from moonshard.server.metrics import Metrics
 from moonshard.topology.pool import Topology
 
 if TYPE_CHECKING:
+    from moonshard.discord.gateway import DiscordGateway
     from moonshard.store.api import TokenStore
 
 __all__ = ["check_buildable", "ensure_admin_token", "listen", "serve"]
@@ -42,11 +44,7 @@ def check_buildable(settings: Settings) -> list[str]:
         source = settings.source_of("TOPOLOGY" if settings.topology == "ray" else "RAY_ADDRESS")
         raise ConfigError(f"{source}: the Ray topology is not built yet; use TOPOLOGY=process "
                           "or TOPOLOGY=thread")
-    warnings = []
-    if settings.discord_token is not None:
-        warnings.append(f"{settings.source_of('DISCORD_TOKEN')} is set, but the Discord "
-                        "gateway is not built yet: moonshard serves the HTTP API only "
-                        "(POST /v1/gateway accepts raw dispatches)")
+    warnings: list[str] = []
     return warnings
 
 
@@ -180,14 +178,19 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
         logbook = LogBook()
         metrics = Metrics()
         stopper.logbook = logbook
+        discord = None
+        if settings.discord_token is not None:
+            discord = DiscordConfig(token=settings.discord_token,
+                                    api_url=settings.discord_api_url)
         try:
             async with Engine.open(
                 settings.database_url, topology=topology,
                 workers=settings.workers, limits=settings.limits, log=logbook, observer=metrics,
-                stop_deadline=settings.stop_deadline,
-            ) as engine:
+                stop_deadline=settings.stop_deadline, discord=discord,
+            ) as engine, _gateway(engine, settings, metrics, say) as gateway:
                 where = await ensure_admin_token(engine.store.tokens, settings)
-                app = create_app(engine, logbook=logbook, metrics=metrics)
+                app = create_app(engine, logbook=logbook, metrics=metrics,
+                                 gateway_status=gateway.status if gateway else None)
                 server = _Server(uvicorn.Config(
                     app, log_level="warning", access_log=False, lifespan="off",
                     server_header=False,
@@ -208,6 +211,31 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
             pass  # reported already; the engine has stopped its workers
     say("stopped")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _gateway(engine: Engine, settings: Settings, metrics: Metrics,
+                   say: Callable[[str], None]) -> AsyncIterator[DiscordGateway | None]:
+    """With a Discord token: the gateway connection, for as long as the server runs. It is
+    ended before the engine drains, so no new event arrives while it does."""
+    if settings.discord_token is None:
+        yield None
+        return
+    from moonshard.discord.gateway import DiscordGateway, GatewayCollector  # noqa: PLC0415
+    from moonshard.discord.intents import default_intents, intents_names  # noqa: PLC0415
+
+    intents = settings.discord_intents if settings.discord_intents is not None else \
+        default_intents()
+    gateway = DiscordGateway(engine, settings.discord_token, settings.discord_api_url, intents)
+    metrics.registry.register(GatewayCollector(gateway))
+    say(f"discord: gateway via {settings.discord_api_url} (intents: "
+        f"{', '.join(intents_names(intents)) or 'none'})")
+    runner = asyncio.create_task(gateway.run())
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+        await runner
 
 
 async def _finish_background(engine: Engine, since: float | None, deadline: float,
