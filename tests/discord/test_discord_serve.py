@@ -3,7 +3,9 @@ fake Discord through ``DISCORD_API_URL`` -- gateway in, hikari's REST out."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fakediscord import FakeDiscord
-from tests.service.service_support import Served, serving
+from tests.service.service_support import MOONSHARD, Served, serving
 
 BOT = """
 local function try(f, args)
@@ -233,3 +235,25 @@ def test_healthz_and_metrics_show_the_gateway(world: World) -> None:
     assert 'moonshard_gateway_shard_connected{shard="0"} 1.0' in metrics
     assert "moonshard_gateway_events_received_total" in metrics
     assert "moonshard_gateway_events_routed_total" in metrics
+
+
+def test_a_malformed_token_is_one_line_error(tmp_path: Path) -> None:
+    env = {**os.environ, "MOONSHARD_DATABASE_URL": f"sqlite:///{tmp_path}/db/m.db",
+           "MOONSHARD_TOPOLOGY": "thread", "MOONSHARD_WORKERS": "1",
+           "MOONSHARD_DISCORD_TOKEN": "not-a-token"}
+    done = subprocess.run([*MOONSHARD, "serve"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("error: MOONSHARD_DISCORD_TOKEN: not a Discord bot token "
+                                   "(its first part is the bot's id; copy it from the "
+                                   "developer portal)")
+
+
+def test_bad_intents_are_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "MOONSHARD_DATABASE_URL": f"sqlite:///{tmp_path}/db/m.db",
+           "MOONSHARD_DISCORD_INTENTS": "guilds,everything"}
+    done = subprocess.run([*MOONSHARD, "serve"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "MOONSHARD_DISCORD_INTENTS='guilds,everything': unknown intent 'everything'" in \
+        done.stderr

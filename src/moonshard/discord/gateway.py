@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import hikari
@@ -75,15 +75,13 @@ class DiscordGateway:
                 self._fail(f"the token is not a Discord bot token ({error})")
                 return
             try:
-                await bot.start(check_for_updates=False)
+                started = await self._unless_stopping(bot.start(check_for_updates=False))
             except hikari.UnauthorizedError:
                 self._fail("Discord refused the token (401 Unauthorized)")
                 await _close_quietly(bot)
                 return
             except (hikari.HTTPError, hikari.GatewayError, OSError, RuntimeError) as error:
                 await _close_quietly(bot)
-                if self._stopping.is_set():
-                    return
                 self.state, self.error = "reconnecting", f"{type(error).__name__}: {error}"
                 _log.warning("the Discord gateway could not start (%s); retrying in %.0f s",
                              self.error, delay)
@@ -91,20 +89,36 @@ class DiscordGateway:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, _RETRY_CAP)
                 continue
+            if not started:
+                await _close_quietly(bot)
+                return
             self._bot, self.state, self.error = bot, "connected", None
             self.started_at = time.time()
             _log.info("connected to the Discord gateway with %d shard(s)", bot.shard_count)
-            stopping = asyncio.ensure_future(self._stopping.wait())
-            joined = asyncio.ensure_future(bot.join())
-            await asyncio.wait({stopping, joined}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            joined.cancel()
+            await self._unless_stopping(bot.join())
             await _close_quietly(bot)
             self._bot = None
             if self._stopping.is_set():
                 return
             self.state = "reconnecting"  # every shard ended: start afresh
             delay = 1.0
+
+    async def _unless_stopping(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Runs ``work`` until it ends (True) or ``stop`` is asked for (False: cancelled)."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if task.cancelled():
+            return False
+        task.result()  # raises what the work raised
+        return True
 
     def _fail(self, message: str) -> None:
         self.state, self.error = "failed", message

@@ -44,6 +44,10 @@ def check_buildable(settings: Settings) -> list[str]:
         source = settings.source_of("TOPOLOGY" if settings.topology == "ray" else "RAY_ADDRESS")
         raise ConfigError(f"{source}: the Ray topology is not built yet; use TOPOLOGY=process "
                           "or TOPOLOGY=thread")
+    if settings.discord_token is not None and \
+            DiscordConfig(token=settings.discord_token).bot_user_id is None:
+        raise ConfigError(f"{settings.source_of('DISCORD_TOKEN')}: not a Discord bot token "
+                          "(its first part is the bot's id; copy it from the developer portal)")
     warnings: list[str] = []
     return warnings
 
