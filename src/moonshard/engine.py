@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from moonshard.discord.config import DiscordConfig
+from moonshard.discord.directory import gateway_event_id
 from moonshard.errors import ConfigurationError, LimitExceeded, MoonshardError, Overloaded
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
@@ -247,7 +248,7 @@ class Engine:
             return GatewayOutcome(tenant=route.tenant,
                                   dropped=f"no template of {route.tenant} subscribes to {name}")
         data: JsonValue = dict(payload["d"])
-        event = Event(name, data, author=_author_of(payload["d"]))
+        event = Event(name, data, author=_author_of(payload["d"]), id=gateway_event_id())
         return GatewayOutcome(tenant=route.tenant,
                               event_id=self.dispatch_nowait(route.tenant, event))
 

@@ -13,6 +13,7 @@ from tests.fakediscord import FakeDiscord
 
 ACTIONS = """
 return {
+  MESSAGE_CREATE = function(ctx, event) end,
   RUN = function(ctx, event)
     local call = ctx.discord[event.data.call]
     return call(event.data.args)
@@ -116,20 +117,38 @@ async def test_a_channel_of_another_guild_is_refused(engine: Engine, fake: FakeD
     assert len(fake.requests) == 1
 
 
+async def drained(engine: Engine) -> None:
+    while engine.background_dispatches:  # noqa: ASYNC110 - the engine offers a count only
+        await asyncio.sleep(0.01)
+
+
 async def test_a_channel_seen_in_another_guilds_event_is_refused_without_a_request(
         engine: Engine, fake: FakeDiscord) -> None:
     tenant, _ = await guild_with_template(engine, fake)
     other, theirs = snowflake(), snowflake()
-    other_tenant = TenantId.guild(other)
-    await engine.templates.put(other_tenant, "actions", {"init.lua": ACTIONS})
-    # A message in the other guild's channel teaches the worker where that channel is.
-    await engine.dispatch(other_tenant, Event("RUN", {
-        "call": "get_roles", "args": None, "guild_id": other, "channel_id": theirs}))
-    fake.requests.clear()
+    await engine.templates.put(TenantId.guild(other), "actions", {"init.lua": ACTIONS})
+    # A gateway message in the other guild's channel teaches the worker where that channel is.
+    await engine.ingest_gateway({"t": "MESSAGE_CREATE", "d": {
+        "id": snowflake(), "guild_id": other, "channel_id": theirs, "content": "hi",
+        "author": {"id": snowflake()}}})
+    await drained(engine)
     result = await run(engine, tenant, "add_reaction", {
         "channel_id": theirs, "message_id": snowflake(), "emoji": "👍"})
     assert "is not in this guild" in str(result["error"])
     assert fake.requests == []
+
+
+async def test_a_tenants_own_events_cannot_teach_where_a_channel_is(
+        engine: Engine, fake: FakeDiscord) -> None:
+    tenant, guild = await guild_with_template(engine, fake)
+    theirs = snowflake()
+    fake.add_guild(snowflake(), channels=(theirs,))
+    # What a tenant token could post: a "message" claiming the channel is in its own guild.
+    await engine.dispatch(tenant, Event("MESSAGE_CREATE", {"guild_id": guild,
+                                                           "channel_id": theirs}))
+    result = await run(engine, tenant, "send_message", {"channel_id": theirs, "content": "x"})
+    assert "is not in this guild" in str(result["error"])
+    assert fake.made("POST", f"/channels/{theirs}/messages") == []
 
 
 async def test_roles_are_checked_to_belong_to_the_guild(engine: Engine,
@@ -267,8 +286,7 @@ async def test_a_user_install_interaction_is_answered_through_respond(
     assert followup.body == {"content": "more"}
     assert followup.query == {"wait": "true"}
     # The user tenant could not post to the guild's channel.
-    while engine.background_dispatches:  # noqa: ASYNC110 - the run has ended after this
-        await asyncio.sleep(0.01)
+    await drained(engine)  # the interaction's run has ended
     assert fake.made("POST", f"/channels/{data['channel_id']}/messages") == []
 
 

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from moonshard.discord import checks
 from moonshard.discord.api import DiscordError, DiscordRest, DiscordUnavailable, RestCall
 from moonshard.discord.config import DiscordConfig
-from moonshard.discord.directory import NO_GUILD, GuildDirectory
+from moonshard.discord.directory import NO_GUILD, GuildDirectory, is_gateway_event
 from moonshard.discord.interactions import Answer, InteractionBook, InteractionState
 from moonshard.errors import HostCallError, LimitExceeded
 from moonshard.events import Event
@@ -130,7 +130,8 @@ class DiscordCapability(Capability, RunScope):
         self._log = log
         self._template = template
         self._defer_task: asyncio.Task[None] | None = None
-        host.directory.learn(event.name, event.data)
+        if is_gateway_event(event.id) or host.stand_in:
+            host.directory.learn(event.name, event.data)
         if event.name == "INTERACTION_CREATE":
             state = host.book.record(tenant, event.data, event.at)
             if state is not None and state.answer is Answer.NONE and host.rest is not None:
@@ -180,6 +181,9 @@ class DiscordCapability(Capability, RunScope):
             directory.channel(channel_id, self._guild)
             guild = self._guild
         if guild is None:
+            # A lookup Discord must answer is charged to the tenant like any action, so
+            # naming unknown channels in a loop cannot flood Discord with the bot's token.
+            self._take(_ACTIONS)
             try:
                 fetched = await self._send(RestCall("GET_CHANNEL", {"channel": channel_id}))
             except DiscordError as error:
@@ -200,6 +204,7 @@ class DiscordCapability(Capability, RunScope):
         if self._host.stand_in and roles is None:
             return
         if roles is None or role_id not in roles:
+            self._take(_ACTIONS)  # as for a channel lookup
             answer = await self._send(RestCall("GET_GUILD_ROLES", {"guild": self._guild}))
             self._host.directory.learn_roles_json(self._guild, answer)
             roles = self._host.directory.roles_of(self._guild) or frozenset()

@@ -1,13 +1,32 @@
 """Which guild a channel or role belongs to: a small cache fed by the gateway events a worker
-runs and by REST answers, so scope checks rarely need a request."""
+runs and by REST answers, so scope checks rarely need a request.
+
+Only dispatches that came through ``Engine.ingest_gateway`` (the gateway, or the admin's
+``POST /v1/gateway``) teach it: their event ids carry ``GATEWAY_ID_PREFIX``, which no other
+event id has (those are hex). A tenant posting its own ``MESSAGE_CREATE`` through the API
+cannot make a channel of another guild look like its own, nor its own look like another's.
+"""
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 
 from moonshard.values import JsonValue
 
-__all__ = ["NO_GUILD", "GuildDirectory"]
+__all__ = ["GATEWAY_ID_PREFIX", "NO_GUILD", "GuildDirectory", "gateway_event_id",
+           "is_gateway_event"]
+
+GATEWAY_ID_PREFIX = "gw-"
+
+
+def gateway_event_id() -> str:
+    """The id of an event made from a gateway dispatch."""
+    return GATEWAY_ID_PREFIX + uuid.uuid4().hex
+
+
+def is_gateway_event(event_id: str) -> bool:
+    return event_id.startswith(GATEWAY_ID_PREFIX)
 
 NO_GUILD = ""
 """The guild of a channel that belongs to none (a DM)."""
