@@ -22,6 +22,7 @@ from moonshard.values import JsonValue
 __all__ = ["HikariRest", "LoopBoundRest", "TokenRest"]
 
 _T = TypeVar("_T")
+_MAX_RATE_LIMIT_WAIT = 30.0
 
 
 def _builder(body: JsonValue) -> data_binding.JSONObjectBuilder | data_binding.JSONArray | None:
@@ -90,7 +91,9 @@ class TokenRest(DiscordRest):
     async def _open(self) -> HikariRest:
         async with self._lock:
             if self._client is None:
-                app = rest_impl.RESTApp(url=self._api_url)
+                # A Discord rate limit longer than this fails the call rather than holding the
+                # tenant's mailbox (hikari's default would wait up to five minutes).
+                app = rest_impl.RESTApp(url=self._api_url, max_rate_limit=_MAX_RATE_LIMIT_WAIT)
                 await app.start()
                 client = app.acquire(self._token, hikari.TokenType.BOT)
                 client.start()
