@@ -257,3 +257,24 @@ def test_bad_intents_are_refused(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "MOONSHARD_DISCORD_INTENTS='guilds,everything': unknown intent 'everything'" in \
         done.stderr
+
+
+def test_the_library_shards_as_discord_recommends(tmp_path: Path) -> None:
+    with FakeDiscord(shards=2) as fake:
+        env = {"MOONSHARD_DISCORD_TOKEN": fake.token, "MOONSHARD_DISCORD_API_URL": fake.api_url}
+        with serving(tmp_path, topology="thread", workers=1, env=env) as served:
+            fake.wait_until(lambda: fake.connected() == 2)
+            world = World(fake, served)
+            # One guild on each shard ((id >> 22) % 2), each answered.
+            guilds: dict[int, tuple[str, str]] = {}
+            while len(guilds) < 2:
+                _, guild, channel = world.guild()
+                guilds.setdefault((int(guild) >> 22) % 2, (guild, channel))
+            for guild, channel in guilds.values():
+                world.message(guild, channel, "!ping")
+                fake.wait_for(lambda r, c=channel: r.route == f"POST /channels/{c}/messages")
+            health = world.admin.get("/healthz").json()["gateway"]
+            assert health["shard_count"] == 2
+            assert sorted(shard["id"] for shard in health["shards"]) == [0, 1]
+            world.admin.close()
+            assert served.stop() == 0
