@@ -14,6 +14,8 @@ from tests.fakediscord import FakeDiscord
 ACTIONS = """
 return {
   MESSAGE_CREATE = function(ctx, event) end,
+  CHANNEL_CREATE = function(ctx, event) end,
+  GUILD_ROLE_CREATE = function(ctx, event) end,
   RUN = function(ctx, event)
     local call = ctx.discord[event.data.call]
     return call(event.data.args)
@@ -136,6 +138,24 @@ async def test_a_channel_seen_in_another_guilds_event_is_refused_without_a_reque
         "channel_id": theirs, "message_id": snowflake(), "emoji": "👍"})
     assert "is not in this guild" in str(result["error"])
     assert fake.requests == []
+
+
+async def test_gateway_events_teach_channels_and_roles(engine: Engine,
+                                                      fake: FakeDiscord) -> None:
+    channel, role, user = snowflake(), snowflake(), snowflake()
+    tenant, guild = await guild_with_template(engine, fake, channels=(channel,), roles=(role,),
+                                              members=(user,))
+    await engine.ingest_gateway({"t": "CHANNEL_CREATE", "d": {
+        "id": channel, "type": 0, "guild_id": guild, "name": "new"}})
+    await engine.ingest_gateway({"t": "GUILD_ROLE_CREATE", "d": {
+        "guild_id": guild, "role": {"id": role, "name": "mods"}}})
+    await drained(engine)
+    assert (await run(engine, tenant, "send_message", {"channel_id": channel,
+                                                       "content": "x"}))["ok"]
+    assert (await run(engine, tenant, "add_role", {"user_id": user, "role_id": role,
+                                                   "reason": "r"}))["ok"]
+    # Neither needed a lookup.
+    assert [r.method for r in fake.requests] == ["POST", "PUT"]
 
 
 async def test_a_tenants_own_events_cannot_teach_where_a_channel_is(

@@ -200,15 +200,16 @@ class DiscordCapability(Capability, RunScope):
         return fetched
 
     async def _own_role(self, role_id: str) -> None:
-        roles = self._host.directory.roles_of(self._guild)
-        if self._host.stand_in and roles is None:
+        directory = self._host.directory
+        guild = directory.guild_of_role(role_id)
+        if guild is None and self._host.stand_in:
             return
-        if roles is None or role_id not in roles:
+        if guild is None:
             self._take(_ACTIONS)  # as for a channel lookup
             answer = await self._send(RestCall("GET_GUILD_ROLES", {"guild": self._guild}))
-            self._host.directory.learn_roles_json(self._guild, answer)
-            roles = self._host.directory.roles_of(self._guild) or frozenset()
-        if role_id not in roles:
+            directory.learn_roles_json(self._guild, answer)
+            guild = directory.guild_of_role(role_id)
+        if guild != self._guild:
             raise HostCallError(f"role {role_id} is not in this guild")
 
     # Messages ------------------------------------------------------------------------------

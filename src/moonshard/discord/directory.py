@@ -33,45 +33,33 @@ NO_GUILD = ""
 
 
 class GuildDirectory:
-    """Bounded LRU maps: channel id -> guild id, guild id -> role ids. One per worker."""
+    """Bounded LRU maps of what is known: channel id -> guild id, role id -> guild id. One per
+    worker. Only positive facts from Discord: a miss means "ask Discord"."""
 
-    __slots__ = ("_channels", "_max_channels", "_max_guilds", "_roles")
+    __slots__ = ("_channels", "_max", "_roles")
 
-    def __init__(self, *, max_channels: int = 50_000, max_guilds: int = 5_000) -> None:
+    def __init__(self, *, max_entries: int = 50_000) -> None:
         self._channels: OrderedDict[str, str] = OrderedDict()
-        self._roles: OrderedDict[str, frozenset[str]] = OrderedDict()
-        self._max_channels = max_channels
-        self._max_guilds = max_guilds
+        self._roles: OrderedDict[str, str] = OrderedDict()
+        self._max = max_entries
 
     # -- reading ---------------------------------------------------------------------------
     def guild_of_channel(self, channel_id: str) -> str | None:
         """The channel's guild id, ``NO_GUILD`` for a DM, None when unknown."""
-        guild = self._channels.get(channel_id)
-        if guild is not None:
-            self._channels.move_to_end(channel_id)
-        return guild
+        return _get(self._channels, channel_id)
 
-    def roles_of(self, guild_id: str) -> frozenset[str] | None:
-        roles = self._roles.get(guild_id)
-        if roles is not None:
-            self._roles.move_to_end(guild_id)
-        return roles
+    def guild_of_role(self, role_id: str) -> str | None:
+        return _get(self._roles, role_id)
 
     # -- learning --------------------------------------------------------------------------
     def channel(self, channel_id: str, guild_id: str | None) -> None:
-        self._channels[channel_id] = guild_id or NO_GUILD
-        self._channels.move_to_end(channel_id)
-        while len(self._channels) > self._max_channels:
-            self._channels.popitem(last=False)
+        _put(self._channels, channel_id, guild_id or NO_GUILD, self._max)
 
     def forget_channel(self, channel_id: str) -> None:
         self._channels.pop(channel_id, None)
 
-    def roles(self, guild_id: str, role_ids: frozenset[str]) -> None:
-        self._roles[guild_id] = role_ids
-        self._roles.move_to_end(guild_id)
-        while len(self._roles) > self._max_guilds:
-            self._roles.popitem(last=False)
+    def role(self, role_id: str, guild_id: str) -> None:
+        _put(self._roles, role_id, guild_id, self._max)
 
     def learn_channel_json(self, channel: JsonValue, guild_id: str | None = None) -> None:
         if isinstance(channel, dict) and isinstance(channel.get("id"), str):
@@ -79,37 +67,54 @@ class GuildDirectory:
             self.channel(str(channel["id"]), owner if isinstance(owner, str) else None)
 
     def learn_roles_json(self, guild_id: str, roles: JsonValue) -> None:
-        if isinstance(roles, list):
-            self.roles(guild_id, frozenset(str(role["id"]) for role in roles
-                                           if isinstance(role, dict) and "id" in role))
+        for role in _list(roles):
+            if isinstance(role, dict) and isinstance(role.get("id"), str):
+                self.role(str(role["id"]), guild_id)
 
     def learn(self, name: str, data: JsonValue) -> None:
-        """What a gateway dispatch tells about channels and roles."""
+        """What a gateway dispatch tells about channels and roles (SERVICE.md routes only
+        dispatches with a ``guild_id`` to a guild, so those are what a worker sees)."""
         if not isinstance(data, dict):
             return
         guild = data.get("guild_id")
-        guild_id = guild if isinstance(guild, str) else None
-        if name == "GUILD_CREATE":
-            guild_id = data.get("id") if isinstance(data.get("id"), str) else None  # type: ignore[assignment]
-            if guild_id is not None:
-                for key in ("channels", "threads"):
-                    for channel in _list(data.get(key)):
-                        self.learn_channel_json(channel, guild_id)
-                self.learn_roles_json(guild_id, data.get("roles"))
-            return
+        guild_id = guild if isinstance(guild, str) and guild.isdigit() else None
         if name in ("CHANNEL_CREATE", "CHANNEL_UPDATE", "THREAD_CREATE", "THREAD_UPDATE"):
             self.learn_channel_json(data)
             return
         if name in ("CHANNEL_DELETE", "THREAD_DELETE") and isinstance(data.get("id"), str):
             self.forget_channel(str(data["id"]))
             return
-        if name in ("GUILD_ROLE_CREATE", "GUILD_ROLE_UPDATE", "GUILD_ROLE_DELETE") and guild_id:
-            self._roles.pop(guild_id, None)  # re-read when next needed
+        if guild_id is None:
+            return
+        if name in ("GUILD_ROLE_CREATE", "GUILD_ROLE_UPDATE"):
+            self.learn_roles_json(guild_id, [data.get("role")])
+            return
+        if name == "GUILD_ROLE_DELETE" and isinstance(data.get("role_id"), str):
+            self._roles.pop(str(data["role_id"]), None)
             return
         channel = data.get("channel_id")
-        if isinstance(channel, str) and channel.isdigit() and guild_id is not None:
+        if isinstance(channel, str) and channel.isdigit():
             # MESSAGE_CREATE, reactions, INTERACTION_CREATE in a guild, ...
             self.channel(channel, guild_id)
+        member = data.get("member")
+        if isinstance(member, dict):
+            for role in _list(member.get("roles")):
+                if isinstance(role, str) and role.isdigit():
+                    self.role(role, guild_id)
+
+
+def _get(entries: OrderedDict[str, str], key: str) -> str | None:
+    value = entries.get(key)
+    if value is not None:
+        entries.move_to_end(key)
+    return value
+
+
+def _put(entries: OrderedDict[str, str], key: str, value: str, limit: int) -> None:
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > limit:
+        entries.popitem(last=False)
 
 
 def _list(value: JsonValue) -> list[JsonValue]:
