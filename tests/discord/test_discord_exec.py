@@ -65,3 +65,24 @@ def test_exec_answers_an_interaction_of_a_user_tenant(tmp_path: Path) -> None:
     assert [(c["method"], c["path"]) for c in out["discord"]] == [
         ("POST", "/interactions/5/tok/callback"), ("POST", "/webhooks/777/tok?wait=true")]
     assert out["discord"][0]["body"] == {"type": 4, "data": {"content": "pong"}}
+
+
+def test_the_antispam_example_times_out_the_sixth_message(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "antispam"
+    state = tmp_path / "state.db"
+    outs = []
+    for _ in range(6):
+        done = subprocess.run(
+            [sys.executable, "-m", "moonshard", "exec", str(example), "--event",
+             "MESSAGE_CREATE", "--data", f"@{example / 'message.json'}", "--state", str(state),
+             "--tenant", "guild:81384788765712384"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        outs.append(json.loads(done.stdout))
+    assert [out["discord"] for out in outs[:5]] == [[]] * 5
+    calls = outs[5]["discord"]
+    assert [(c["method"], c["path"]) for c in calls] == [
+        ("DELETE", "/channels/81384788765712390/messages/1100000000000000001"),
+        ("PATCH", "/guilds/81384788765712384/members/80351110224678912"),
+        ("POST", "/channels/81384788765712390/messages")]
+    assert calls[1]["reason"] == "spam: more than 5 messages in 10 s"
