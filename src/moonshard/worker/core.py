@@ -67,7 +67,8 @@ class WorkerConfig:
     timers: TimerConfig = dataclasses.field(default_factory=TimerConfig)
     # Tenants with resume keys whose VMs are built at once when the worker starts.
     warm_up_concurrency: int = 8
-    # issue 11: how this worker reaches Discord (the bot token is a secret: never on argv).
+    # issue 11: how this worker reaches Discord. It holds the bot token, a secret: a worker
+    # process must get its config over a pipe, not on its command line.
     discord: DiscordConfig | None = None
 
     @property
