@@ -71,6 +71,8 @@ class HikariRest(DiscordRest):
                                      f"{error.retry_after:.0f} s") from None
         except hikari.HTTPError as error:
             raise DiscordUnavailable(f"Discord could not be reached: {error.message}") from None
+        except hikari.HikariError as error:  # for example a client already closed
+            raise DiscordUnavailable(f"the Discord client cannot send: {error}") from None
         return answer  # type: ignore[return-value]
 
 
@@ -129,6 +131,11 @@ class LoopBoundRest(DiscordRest):
     async def _on_owner(self, work: Coroutine[Any, Any, _T]) -> _T:
         if asyncio.get_running_loop() is self._loop:
             return await work
-        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(work,
-                                                                                self._loop)
+        try:
+            future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(
+                work, self._loop)
+        except RuntimeError:  # the loop that runs the client has closed
+            work.close()
+            raise DiscordUnavailable("the REST client handed to the engine is not running "
+                                     "any more") from None
         return await asyncio.wrap_future(future)
