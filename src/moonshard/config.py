@@ -128,6 +128,12 @@ def _http_url(value: object) -> str:
     return url
 
 
+def _intents(value: object) -> int:
+    from moonshard.discord.intents import parse_intents  # noqa: PLC0415 - imports hikari
+
+    return parse_intents(value)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Spec:
     name: str  # as in SERVICE.md, and MOONSHARD_<name> in the environment
@@ -144,6 +150,8 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("ADMIN_TOKEN", _optional_text, secret=True),
     _Spec("DISCORD_TOKEN", _optional_text, secret=True),
     _Spec("DISCORD_API_URL", _http_url),
+    # Not in SERVICE.md's table: the gateway intents (names or a number).
+    _Spec("DISCORD_INTENTS", _intents),
     _Spec("MEMORY_LIMIT", _size),
     _Spec("CPU_LIMIT", _seconds),
     _Spec("RAY_ADDRESS", _optional_text),
@@ -232,6 +240,7 @@ class Settings:
     admin_token: str | None = None
     discord_token: str | None = None
     discord_api_url: str = "https://discord.com/api/v10"
+    discord_intents: int | None = None  # None: moonshard.discord.intents.DEFAULT_INTENTS
     memory_limit: int = 25 * 1024 * 1024
     cpu_limit: float = 10.0
     ray_address: str | None = None

@@ -41,7 +41,10 @@ from moonshard.contracts.worker import (
     WorkerConfig,
     reply_as,
 )
+from moonshard.discord.config import DiscordConfig
+from moonshard.discord.directory import gateway_event_id
 from moonshard.errors import (
+    ConfigurationError,
     EventStopped,
     MoonshardError,
     Overloaded,
@@ -133,8 +136,12 @@ class Engine:
 
     def __init__(self, store: Store, pool: WorkerPool, limits: Limits,
                  max_background: int,
-                 observer: DispatchObserver | None = None) -> None:
+                 observer: DispatchObserver | None = None,
+                 discord_user_id: str | None = None) -> None:
         self.store = store
+        # The bot's own user id: its own messages and interactions are dropped at the door.
+        # Read from the token; the gateway sets it from READY.
+        self.discord_user_id = discord_user_id
         # Told about every dispatch (metrics); see moonshard.observer.
         self._observer = observer
         self.pool = pool
@@ -195,17 +202,24 @@ class Engine:
         quarantine: Quarantine | None = None, max_background: int = 10_000,
         stop_deadline: float = 30.0, observer: DispatchObserver | None = None,
         timers: TimerConfig | None = None, liveness: Liveness | None = None,
+        discord: DiscordConfig | None = None,
     ) -> AsyncIterator[Engine]:
-        """Starts everything; on leaving the block, drains and stops everything."""
+        """Starts everything; on leaving the block, drains and stops everything.
+
+        ``discord`` is how ``ctx.discord`` reaches Discord: a token and API URL (each worker
+        builds its own REST client), or ``DiscordConfig.of_rest(bot.rest)`` to share a hikari
+        REST client this process runs (thread topology only).
+        """
         limits = limits or Limits()
         quarantine = quarantine or Quarantine()
         count = workers if workers is not None else (os.cpu_count() or 1)
+        discord = _discord_for_workers(discord, topology)
         configs = [
             WorkerConfig(index, database_url, limits, lua_threads=lua_threads,
                          idle_seconds=idle_seconds, max_resident_vms=max_resident_vms,
                          mailbox_size=mailbox_size, workers=count,
                          quarantine_seconds=quarantine.cool_down_seconds,
-                         timers=timers or TimerConfig())
+                         timers=timers or TimerConfig(), discord=discord)
             for index in range(count)
         ]
         # The engine's store also applies migrations before any worker opens the database.
@@ -214,7 +228,8 @@ class Engine:
                               quarantine, liveness)
             await pool.start()
             try:
-                engine = cls(store, pool, limits, max_background, observer)
+                engine = cls(store, pool, limits, max_background, observer,
+                             discord.bot_user_id if discord is not None else None)
             except BaseException:
                 await pool.stop(stop_deadline)
                 raise
@@ -319,12 +334,16 @@ class Engine:
         if route.tenant is None:
             return GatewayOutcome(dropped=route.dropped)
         name = str(payload["t"])
+        if self.discord_user_id is not None and _from_the_bot(name, payload["d"],
+                                                              self.discord_user_id):
+            return GatewayOutcome(tenant=route.tenant,
+                                  dropped=f"{name} was caused by the bot itself")
         subscriptions = await self._subscriptions_of(route.tenant)
         if name not in subscriptions:
             return GatewayOutcome(tenant=route.tenant,
                                   dropped=f"no template of {route.tenant} subscribes to {name}")
         data: JsonValue = dict(payload["d"])
-        event = Event(name, data, author=_author_of(payload["d"]))
+        event = Event(name, data, author=_author_of(payload["d"]), id=gateway_event_id())
         return GatewayOutcome(tenant=route.tenant,
                               event_id=self.dispatch_nowait(route.tenant, event))
 
@@ -367,6 +386,29 @@ class Engine:
     def quarantined_until(self, tenant: TenantId) -> float | None:
         """When the tenant's quarantine (after crashing workers) ends; None when it is not."""
         return self.pool.quarantine.quarantined().get(str(tenant))
+
+
+def _discord_for_workers(discord: DiscordConfig | None,
+                         topology: Topology) -> DiscordConfig | None:
+    """A handed REST client runs on this loop; thread workers reach it through the loop."""
+    if discord is None or discord.rest is None:
+        return discord
+    if topology != "thread":
+        raise ConfigurationError("a REST client handed to the engine serves thread workers "
+                                 "only; for worker processes give a token and API URL")
+    from moonshard.discord.rest import LoopBoundRest  # noqa: PLC0415 - hikari is heavy
+
+    return dataclasses.replace(discord, rest=LoopBoundRest(discord.rest,
+                                                           asyncio.get_running_loop()))
+
+
+def _from_the_bot(name: str, data: object, bot_user_id: str) -> bool:
+    """A message or interaction the bot itself caused (its own sends, its reactions)."""
+    if not (name.startswith("MESSAGE_") or name == "INTERACTION_CREATE") or \
+            not isinstance(data, dict):
+        return False
+    user_id = data.get("user_id")
+    return user_id == bot_user_id or _author_of(data) == bot_user_id
 
 
 def _author_of(data: object) -> str | None:

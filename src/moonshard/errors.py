@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigurationError",
     "EventStopped",
     "HostCallError",
     "LimitExceeded",
@@ -60,6 +61,10 @@ class ValueConversionError(MoonshardError):
 
 class HostCallError(MoonshardError):
     """A host capability refused a template's call; the message is shown to the template."""
+
+
+class ConfigurationError(MoonshardError):
+    """Parts handed to moonshard that cannot work together (a message says which)."""
 
 
 class SchemaError(MoonshardError):

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from moonshard.contracts.host import Capability
+from moonshard.discord.capability import DiscordHost
+from moonshard.discord.recorder import RecordedCall, RecordingRest
 from moonshard.events import Event, HandlerResult
 from moonshard.host.ratelimit import GcraLimiter
-from moonshard.host.runner import HandlerRunner
+from moonshard.host.runner import CAPABILITIES, HandlerRunner, RunContext
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner
 from moonshard.sandbox.loading import build_vm, validate_template
@@ -32,10 +35,13 @@ _MAX_EVENTS_PER_RUN = 100
 class EventReport:
     event: Event
     results: list[HandlerResult]
+    # The ctx.discord calls its handlers made: recorded, not sent.
+    discord: list[RecordedCall] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, JsonValue]:
         return {"event": {"name": self.event.name, "id": self.event.id},
-                "results": [result.to_json() for result in self.results]}
+                "results": [result.to_json() for result in self.results],
+                "discord": [call.to_json() for call in self.discord]}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +52,7 @@ class RunReport:
     results: list[HandlerResult]
     emitted: list[EventReport]
     subscriptions: tuple[str, ...]
+    discord: list[RecordedCall] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -57,7 +64,7 @@ class RunReport:
         return self.event.name in self.subscriptions
 
     def to_json(self) -> dict[str, JsonValue]:
-        out = EventReport(self.event, self.results).to_json()
+        out = EventReport(self.event, self.results, self.discord).to_json()
         out["emitted"] = [report.to_json() for report in self.emitted]
         return out
 
@@ -96,24 +103,33 @@ class LocalRunner:
         reports: list[EventReport] = []
         rate_limiter = GcraLimiter()
         vm: TenantVM | None = None
+        # ctx.discord is recorded, not sent; scope and limit checks still apply.
+        recorder = RecordingRest(self._tenant.id if self._tenant.kind == "guild" else None)
+        discord = DiscordHost(recorder, stand_in=True)
 
         def committed(tenant: TenantId, commit: RunCommit) -> None:
             queue.extend((Event(emitted.name, emitted.data, author=emitted.author,
                                 id=emitted.event_id), emitted.id) for emitted in commit.outbox)
 
+        def open_discord(run: RunContext) -> Capability:
+            return discord.open_run(run.tenant, run.event, run.rate_limiter, self._log,
+                                    run.template.name)
+
         def log(tenant: TenantId, level: str, template: str, message: str) -> None:
             self._log(level, template, message)
 
-        runner = HandlerRunner(store, self._limits, log, on_commit=committed)
+        runner = HandlerRunner(store, self._limits, log, on_commit=committed,
+                               capabilities={**CAPABILITIES, "discord": open_discord})
         while queue and len(reports) < _MAX_EVENTS_PER_RUN:
             event, outbox_id = queue.pop(0)
             if vm is None or vm.broken is not None:
                 vm = await build_vm(template_set, self._limits, self._log, self._run_step)
+            recorded = len(recorder.calls)
             results = await runner.run_event(vm, template_set, event, rate_limiter,
                                              self._run_step)
             if outbox_id:
                 await store.runs.delivered(outbox_id)
-            reports.append(EventReport(event, results))
+            reports.append(EventReport(event, results, recorder.calls[recorded:]))
         for _, outbox_id in queue:
             await store.runs.delivered(outbox_id)  # not run (logged below), not kept either
         if queue:
@@ -122,4 +138,4 @@ class LocalRunner:
                       "were not run")
         head = reports[0]
         return RunReport(head.event, head.results, reports[1:],
-                         template_set.templates[0].events)
+                         template_set.templates[0].events, head.discord)

@@ -160,6 +160,10 @@ def _print_template_error(name: str, error: TemplateError | LimitExceeded) -> No
 
 def _print_report(tenant: TenantId, report: RunReport) -> None:
     _print_json({"tenant": str(tenant), **report.to_json()})
+    calls = [*report.discord, *(call for emitted in report.emitted for call in emitted.discord)]
+    for call in calls:
+        reason = f" (reason: {call.reason})" if call.reason is not None else ""
+        click.echo(f"discord (recorded, not sent): {call.method} {call.path}{reason}", err=True)
     if not report.handled:
         click.echo(
             f"warning: no handler for {report.event.name}; this template handles: "

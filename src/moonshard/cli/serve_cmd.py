@@ -55,9 +55,13 @@ def _say(message: str) -> None:
 @click.option("--port", type=_INTEGER, help="The HTTP API's port [default: 8080]")
 @click.option("--admin-token", help="The operator's bearer token [default: generated into the "
               "data folder]")
-@click.option("--discord-token", help="Discord bot token (the gateway is not built yet)")
+@click.option("--discord-token", help="Discord bot token: connects to the gateway and REST "
+              "(prefer MOONSHARD_DISCORD_TOKEN: a flag shows in ps)")
 @click.option("--discord-api-url", help="Discord's REST base [default: "
               "https://discord.com/api/v10]")
+@click.option("--discord-intents", help="Gateway intents: names (guilds,guild_messages,...) or "
+              "a number [default: guilds, members, moderation, messages, message content, "
+              "reactions]")
 @click.option("--memory-limit", type=_SIZE, help="Memory per tenant VM [default: 25MiB]")
 @click.option("--cpu-limit", type=_FLOAT, help="CPU seconds per handler run [default: 10]")
 @click.option("--ray-address", help="The Ray cluster (not built yet)")

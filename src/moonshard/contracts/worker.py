@@ -205,6 +205,9 @@ class WorkerConfig:
     warm_up_concurrency: int = 8
     # How long a tenant abandoned after a stuck Lua call is refused (thread topology).
     quarantine_seconds: float = 60.0
+    # How the worker reaches Discord: a moonshard.discord.DiscordConfig (it holds the bot
+    # token, so it crosses only the worker's own socket), or the mapping it crossed as.
+    discord: Any = None
 
     @property
     def shard(self) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
 
 from moonshard.errors import LimitExceeded
@@ -38,6 +38,14 @@ class Rate:
 
 DEFAULT_RATES: Mapping[str, Rate] = MappingProxyType({
     "kv": Rate(burst=500, per_second=5000.0),
+    # ctx.discord (TEMPLATES.md): every action together 20 per 5 s; ban and kick together
+    # 5 per 30 s and 10 per 75 s (two families, one bucket to the template); send_message
+    # 30 per 10 s; respond and followup 10 per 3 s, outside the all-actions bucket.
+    "discord.actions": Rate(burst=20, per_second=20 / 5),
+    "discord.moderation": Rate(burst=5, per_second=5 / 30),
+    "discord.moderation.sustained": Rate(burst=10, per_second=10 / 75),
+    "discord.send_message": Rate(burst=30, per_second=30 / 10),
+    "discord.interactions": Rate(burst=10, per_second=10 / 3),
 })
 """Defaults per action family (TEMPLATES.md). Families without a rate are not limited."""
 
@@ -81,6 +89,31 @@ class GcraLimiter:
             self._prune(now)
         self._tat[bucket] = new_tat
         return 0.0
+
+    def try_acquire_all(self, families: Sequence[str], *, key: Hashable = None,
+                        ) -> tuple[str, float] | None:
+        """Takes one from every family's bucket, or from none: ``None`` if all allowed, else
+        the family with the longest wait and that wait (nothing taken)."""
+        now = self._clock()
+        worst: tuple[str, float] | None = None
+        planned: list[tuple[tuple[str, Hashable], float]] = []
+        for family in families:
+            rate = self._rates.get(family)
+            if rate is None:
+                continue
+            bucket = (family, key)
+            new_tat = max(self._tat.get(bucket, now), now) + rate.interval
+            wait = new_tat - rate.burst * rate.interval - now
+            if wait > rate.interval * 1e-6 and (worst is None or wait > worst[1]):
+                worst = (family, wait)
+            planned.append((bucket, new_tat))
+        if worst is not None:
+            return worst
+        if len(self._tat) >= _PRUNE_AT:
+            self._prune(now)
+        for bucket, new_tat in planned:
+            self._tat[bucket] = new_tat
+        return None
 
     def acquire(self, family: str, cost: int = 1, *, key: Hashable = None) -> None:
         """Like ``try_acquire``, but raises ``LimitExceeded("rate.<family>")`` when over."""

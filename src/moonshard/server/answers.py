@@ -80,11 +80,43 @@ class WorkerStatus(WorkerHealth):
     error: str | None = Field(default=None, description="Why its figures are missing")
 
 
+class GatewayShard(_Answer):
+    """One gateway shard's connection."""
+
+    id: int
+    connected: bool
+    latency_seconds: float | None = Field(description="Heartbeat latency; null before the first")
+
+
+class GatewayEvents(_Answer):
+    """What the gateway received, and what became of it."""
+
+    received: int
+    routed: int
+    dropped: dict[str, int] = Field(description="Dropped dispatches, by reason")
+    queued: int
+
+
+class GatewayStatus(_Answer):
+    """The Discord gateway connection (only when ``DISCORD_TOKEN`` is set)."""
+
+    state: str
+    error: str | None
+    shard_count: int
+    shards: list[GatewayShard]
+    connected: bool
+    bot_user_id: str | None
+    events: GatewayEvents
+
+
 class Health(_Answer):
-    """``GET /healthz``: 200 ``ok`` while every worker is healthy, else 503 ``degraded``."""
+    """``GET /healthz``: 200 ``ok`` while every worker is healthy, else 503 ``degraded``.
+
+    ``gateway`` is there only with a Discord token; it does not change ``status``."""
 
     status: Literal["ok", "degraded"]
     workers: list[WorkerStatus]
+    gateway: GatewayStatus | None = None
 
 
 # -- tenants ---------------------------------------------------------------------------------

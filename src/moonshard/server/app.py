@@ -34,6 +34,7 @@ from moonshard.server.answers import (
     EventResults,
     GatewayDropped,
     GatewayRouted,
+    GatewayStatus,
     Health,
     KVPage,
     KVRecordAnswer,
@@ -160,6 +161,7 @@ def create_app(
     engine: Engine, *, logbook: LogBook, metrics: Metrics, tokens: TokenStore | None = None,
     max_body_bytes: int = MAX_BODY_BYTES, kv_limiter: GcraLimiter | None = None,
     admin_token: AdminTokenHome | None = None,
+    gateway_status: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
     """The ASGI app of one engine. ``tokens`` defaults to the engine's store's tokens;
     ``kv_limiter`` rate-limits the API's kv calls per tenant (default: ``ctx.kv``'s rates)."""
@@ -222,9 +224,14 @@ def create_app(
         workers = await engine.status()
         healthy = all(worker.get("up") and worker.get("healthy") for worker in workers)
         answer = Health(status="ok" if healthy else "degraded",
-                        workers=[WorkerStatus.model_validate(worker) for worker in workers])
-        return JSONResponse(answer.model_dump(mode="json"),
-                            status_code=200 if healthy else 503)
+                        workers=[WorkerStatus.model_validate(worker) for worker in workers],
+                        # Shown, not counted: Discord being away is no reason to stop serving.
+                        gateway=None if gateway_status is None else
+                        GatewayStatus.model_validate(gateway_status()))
+        body = answer.model_dump(mode="json")
+        if body["gateway"] is None:
+            del body["gateway"]
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["service"], response_class=Response)
     async def prometheus_metrics() -> Response:

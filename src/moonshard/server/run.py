@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from moonshard.config import ConfigError, Settings
+from moonshard.discord.config import DiscordConfig
 from moonshard.engine import Engine
 from moonshard.errors import SchemaError, StoreUnavailable
 from moonshard.server.app import AdminTokenHome, create_app
@@ -32,6 +33,7 @@ from moonshard.store import safe_url
 from moonshard.topology.pool import Topology
 
 if TYPE_CHECKING:
+    from moonshard.discord.gateway import DiscordGateway
     from moonshard.store.api import TokenStore
 
 __all__ = ["check_buildable", "ensure_admin_token", "listen", "serve", "write_admin_token"]
@@ -46,11 +48,11 @@ def check_buildable(settings: Settings) -> list[str]:
         source = settings.source_of("TOPOLOGY" if settings.topology == "ray" else "RAY_ADDRESS")
         raise ConfigError(f"{source}: the Ray topology is not built yet; use TOPOLOGY=process "
                           "or TOPOLOGY=thread")
-    warnings = []
-    if settings.discord_token is not None:
-        warnings.append(f"{settings.source_of('DISCORD_TOKEN')} is set, but the Discord "
-                        "gateway is not built yet: moonshard serves the HTTP API only "
-                        "(POST /v1/gateway accepts raw dispatches)")
+    if settings.discord_token is not None and \
+            DiscordConfig(token=settings.discord_token).bot_user_id is None:
+        raise ConfigError(f"{settings.source_of('DISCORD_TOKEN')}: not a Discord bot token "
+                          "(its first part is the bot's id; copy it from the developer portal)")
+    warnings: list[str] = []
     return warnings
 
 
@@ -199,12 +201,14 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
         logbook = LogBook(keep_lines=settings.log_lines, keep_days=settings.log_days)
         metrics = Metrics()
         stopper.logbook = logbook
-        async with _opened_engine(settings, topology, logbook, metrics) as engine:
+        async with _opened_engine(settings, topology, logbook, metrics) as engine, \
+                _gateway(engine, settings, metrics, say) as gateway:
             stopper.engine = engine
             logbook.attach(engine.store.logs)
             where = await ensure_admin_token(engine.store.tokens, settings)
             app = create_app(engine, logbook=logbook, metrics=metrics,
-                             admin_token=_admin_token_home(settings))
+                             admin_token=_admin_token_home(settings),
+                             gateway_status=gateway.status if gateway else None)
             # uvicorn's own cut-off would answer a plain-text 500 to every request still
             # waiting; ours comes first (the deadline, then the workers' stop), so it is
             # only a backstop.
@@ -243,10 +247,13 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
 async def _opened_engine(settings: Settings, topology: Topology, logbook: LogBook,
                          metrics: Metrics) -> AsyncIterator[Engine]:
     """``Engine.open`` with the store's failures said as the setting that caused them."""
+    discord = None
+    if settings.discord_token is not None:
+        discord = DiscordConfig(token=settings.discord_token, api_url=settings.discord_api_url)
     opened = Engine.open(
         settings.database_url, topology=topology, workers=settings.workers,
         limits=settings.limits, log=logbook, observer=metrics,
-        stop_deadline=settings.stop_deadline)
+        stop_deadline=settings.stop_deadline, discord=discord)
     try:
         engine = await opened.__aenter__()
     except (StoreUnavailable, SchemaError, ValueError) as error:
@@ -287,6 +294,31 @@ async def _enforce_deadline(engine: Engine, server: _Server, stopper: _Stopper,
             f"finish within {deadline:g} s; stopping the workers now (events still running "
             "are not finished; a handler's writes commit only when it returns)")
     await engine.stop_workers(0.0)
+
+
+@contextlib.asynccontextmanager
+async def _gateway(engine: Engine, settings: Settings, metrics: Metrics,
+                   say: Callable[[str], None]) -> AsyncIterator[DiscordGateway | None]:
+    """With a Discord token: the gateway connection, for as long as the server runs. It is
+    ended before the engine drains, so no new event arrives while it does."""
+    if settings.discord_token is None:
+        yield None
+        return
+    from moonshard.discord.gateway import DiscordGateway, GatewayCollector  # noqa: PLC0415
+    from moonshard.discord.intents import default_intents, intents_names  # noqa: PLC0415
+
+    intents = settings.discord_intents if settings.discord_intents is not None else \
+        default_intents()
+    gateway = DiscordGateway(engine, settings.discord_token, settings.discord_api_url, intents)
+    metrics.registry.register(GatewayCollector(gateway))
+    say(f"discord: gateway via {settings.discord_api_url} (intents: "
+        f"{', '.join(intents_names(intents)) or 'none'})")
+    runner = asyncio.create_task(gateway.run())
+    try:
+        yield gateway
+    finally:
+        await gateway.stop()
+        await runner
 
 
 async def _finish_background(engine: Engine, since: float | None, deadline: float) -> None:

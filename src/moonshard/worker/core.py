@@ -35,8 +35,10 @@ from moonshard.contracts.worker import (
     WorkerConfig,
     WorkerStatus,
 )
+from moonshard.discord.capability import DiscordCapability, DiscordHost
+from moonshard.discord.config import DiscordConfig
 from moonshard.errors import Overloaded, TenantQuarantined, WorkerUnavailable
-from moonshard.host.runner import HandlerRunner
+from moonshard.host.runner import CAPABILITIES, HandlerRunner, RunContext
 from moonshard.sandbox.loading import validate_template
 from moonshard.store.api import KVRecord, OutboxEvent, RunCommit, Store
 from moonshard.tenants import TenantId
@@ -90,7 +92,10 @@ class WorkerCore:
         self.timers = TimerService(stored_timers(store.timers, config.shard),
                                    self._fire_through_mailbox, config.timers)
         self._delivery = TimerDelivery(store, self.timers, log)
-        self._runner = HandlerRunner(store, config.limits, log, on_commit=self._committed)
+        # Discord (its REST client opens on first use, on this worker's loop).
+        self._discord = DiscordHost.from_config(_discord_config(config.discord))
+        self._runner = HandlerRunner(store, config.limits, log, on_commit=self._committed,
+                                     capabilities={**CAPABILITIES, "discord": self._open_discord})
         self._services = ActorServices(
             store=store, limits=config.limits, runner=self._runner,
             step_runner=self._step_runner, log=log,
@@ -120,6 +125,7 @@ class WorkerCore:
                 self._tasks = None
                 # A stuck call of an abandoned tenant would hold the stop until it returns.
                 self._steps.shutdown(wait=not self._abandoned)
+                await self._discord.close()
 
     async def handle(self, request: Request, on_start: Callable[[], None] | None = None) -> Reply:
         """Handles one request; ``on_start`` is called when a dispatch begins to run."""
@@ -285,6 +291,16 @@ class WorkerCore:
     def _step_runner(self, actor: TenantActor, what: str) -> Callable[[Callable[[], _T]], Any]:
         return self._steps.runner(actor.tenant, what, lambda: actor.vm)
 
+    def _open_discord(self, run: RunContext) -> DiscordCapability:
+        """ctx.discord for one handler run; its buckets are the tenant's, outside the VM."""
+        log = self._log
+
+        def tenant_log(level: str, template: str, message: str) -> None:
+            log(run.tenant, level, template, message)
+
+        return self._discord.open_run(run.tenant, run.event, run.rate_limiter, tenant_log,
+                                      run.template.name)
+
     def _stuck(self, seconds: float, tenant: TenantId | None, label: str) -> None:
         """On the watchdog's thread: the owner ends the process (``on_stuck``); where it
         cannot (a thread), the tenant is abandoned."""
@@ -341,3 +357,12 @@ class WorkerCore:
 class _Stopped(Exception):
     """Ends the worker's task group once it has drained."""
 
+
+def _discord_config(wire: object) -> DiscordConfig | None:
+    """The worker config's Discord settings: as given (a thread worker) or as they crossed
+    the process wire (a mapping)."""
+    if wire is None or isinstance(wire, DiscordConfig):
+        return wire
+    if isinstance(wire, dict):
+        return DiscordConfig.from_wire(wire)
+    raise TypeError(f"unexpected Discord settings: {type(wire).__name__}")
