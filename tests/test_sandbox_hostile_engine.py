@@ -117,3 +117,23 @@ async def test_error_values_are_plain_strings_everywhere(engine: Engine) -> None
     assert result.ok, result.error
     assert isinstance(result.value, list)
     assert set(result.value) == {"string"}, result.value
+
+
+async def test_emitted_and_scheduled_data_has_the_value_limit(engine: Engine) -> None:
+    await engine.templates.put(HOG, "big", {"init.lua": """
+        return {RUN = function(ctx)
+          local big = {text = string.rep("x", 300 * 1024)}
+          local ok1, err1 = pcall(ctx.events.emit, "E", big)
+          local ok2, err2 = pcall(ctx.events.schedule, "E", big, {delay = 60})
+          local ok3 = ctx.events.emit("E", {text = string.rep("x", 1000)})
+          return {ok1, err1, ok2, err2, ok3}
+        end, E = function() return "ran" end}"""})
+    result = (await engine.dispatch(HOG, Event("RUN")))[0]
+    assert result.ok, result.error
+    assert isinstance(result.value, list)
+    assert result.value[0] is False
+    assert result.value[2] is False
+    for error in (result.value[1], result.value[3]):
+        assert "event data is" in error
+        assert "the limit is 262144" in error
+    assert result.value[4] is True

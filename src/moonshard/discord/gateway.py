@@ -15,8 +15,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import hikari
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,7 +25,26 @@ from prometheus_client.registry import Collector
 from moonshard.errors import MoonshardError
 
 if TYPE_CHECKING:
-    from moonshard.engine import Engine
+    from moonshard.tenants import TenantId
+
+
+class RoutedDispatch(Protocol):
+    """What routing made of one dispatch (``Engine.ingest_gateway``'s answer)."""
+
+    @property
+    def tenant(self) -> TenantId | None: ...
+
+    @property
+    def dropped(self) -> str | None: ...
+
+
+class GatewayTarget(Protocol):
+    """Where the gateway hands its dispatches: the engine (kept as a protocol, so that this
+    package sits below the engine in the layers)."""
+
+    discord_user_id: str | None
+
+    async def ingest_gateway(self, payload: Mapping[str, Any]) -> RoutedDispatch: ...
 
 __all__ = ["DiscordGateway", "GatewayCollector"]
 
@@ -39,7 +58,7 @@ class DiscordGateway:
     """The gateway connection of ``moonshard serve``: run it with ``run()``, end it with
     ``stop()``."""
 
-    def __init__(self, engine: Engine, token: str, api_url: str, intents: int, *,
+    def __init__(self, engine: GatewayTarget, token: str, api_url: str, intents: int, *,
                  queue_size: int = 10_000) -> None:
         self._engine = engine
         self._token = token

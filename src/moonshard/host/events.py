@@ -19,7 +19,7 @@ from moonshard.events import Event
 from moonshard.limits import Limits
 from moonshard.store.api import RunCancel, RunEffects, RunEmit, RunSchedule, TimerStore
 from moonshard.tenants import TenantId
-from moonshard.values import JsonValue
+from moonshard.values import JsonValue, dumps_json
 
 __all__ = ["EventsCapability"]
 
@@ -60,6 +60,11 @@ class EventsCapability(Capability, RunScope):
     def _event(self, name: JsonValue, data: JsonValue) -> Event:
         if not isinstance(name, str) or not name:
             raise HostCallError("the event name must be a non-empty string")
+        # The same limit as a stored value: this data is stored too (outbox, schedule).
+        size = len(dumps_json(data).encode()) if data is not None else 0
+        if size > self._limits.value_bytes:
+            raise LimitExceeded("events.data_size", f"event data is {size} bytes encoded; "
+                                f"the limit is {self._limits.value_bytes}")
         try:
             return Event(name, data if data is not None else {}, author=self._author)
         except ValueError as error:
