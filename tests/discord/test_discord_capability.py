@@ -81,7 +81,7 @@ async def test_interactions_have_their_own_bucket() -> None:
         else:
             with pytest.raises(LimitExceeded, match=r"discord\.interactions"):
                 await cap.call("respond", [{"interaction": data, "content": "x"}])
-        await cap.commit()
+        cap.take_effects()
 
 
 async def test_respond_answers_once_then_followup() -> None:
@@ -96,7 +96,7 @@ async def test_respond_answers_once_then_followup() -> None:
     message = await cap.call("followup", [{"interaction": data, "content": "then"}])
     assert isinstance(message, dict)
     assert message["content"] == "then"
-    await cap.commit()
+    cap.take_effects()
 
 
 async def test_an_explicit_ephemeral_defer_then_respond_edits() -> None:
@@ -107,7 +107,7 @@ async def test_an_explicit_ephemeral_defer_then_respond_edits() -> None:
     assert await cap.call("defer", [{"interaction": data, "ephemeral": True}]) is True
     assert await cap.call("defer", [{"interaction": data}]) is False
     await cap.call("respond", [{"interaction": data, "content": "done", "ephemeral": True}])
-    await cap.commit()
+    cap.take_effects()
     assert [(c.method, c.path, c.body) for c in rest.calls] == [
         ("POST", "/interactions/100/tok/callback", {"type": 5, "data": {"flags": 64}}),
         ("PATCH", "/webhooks/9/tok/messages/@original", {"content": "done"}),
@@ -119,7 +119,7 @@ async def test_the_automatic_deferral_is_ended_with_the_run() -> None:
     host = DiscordHost(rest, defer_after=0.0)
     data = {"id": "100", "token": "tok", "application_id": "9"}
     cap = capability(host, GcraLimiter(), Event("INTERACTION_CREATE", data))
-    await cap.commit()  # the run ended before the deferral's turn came: nothing sent
+    cap.take_effects()  # the run ended before the deferral's turn came: nothing sent
     assert rest.calls == []
 
 

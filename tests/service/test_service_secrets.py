@@ -13,12 +13,15 @@ import httpx
 import pytest
 from service_support import serving
 
+from tests.fakediscord.server import bot_token
+
 POSTGRES_URL = os.environ.get(
     "MOONSHARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 PASSWORD = "pw-" + uuid.uuid4().hex
 ADMIN = "mst_" + uuid.uuid4().hex + "admin"
-DISCORD = "discord-" + uuid.uuid4().hex
+# Well formed (the bot's id, base64, then two secret parts) but unknown to any Discord.
+DISCORD = bot_token(424242) + uuid.uuid4().hex[:8]
 
 
 async def drop_schema(schema: str) -> None:

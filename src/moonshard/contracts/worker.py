@@ -191,7 +191,7 @@ class WorkerConfig:
     own socket (never on its command line: the database URL may hold a password)."""
 
     index: int
-    database_url: str
+    database_url: str = dataclasses.field(repr=False)  # may hold a password
     limits: Limits = dataclasses.field(default_factory=Limits)
     lua_threads: int = 4
     idle_seconds: float = 300.0
@@ -207,7 +207,7 @@ class WorkerConfig:
     quarantine_seconds: float = 60.0
     # How the worker reaches Discord: a moonshard.discord.DiscordConfig (it holds the bot
     # token, so it crosses only the worker's own socket), or the mapping it crossed as.
-    discord: Any = None
+    discord: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def shard(self) -> tuple[int, int]:
