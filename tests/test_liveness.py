@@ -100,3 +100,28 @@ async def test_no_secret_on_a_command_line_and_workers_end_with_their_parent(
         for pid in workers:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+
+async def test_a_cancelled_owner_ends_its_worker_process_instead_of_waiting(
+    tmp_path: Path,
+) -> None:
+    # An owner whose loop closes cancels what is left (a test that failed half-way, say): the
+    # handle's reader then ends the child, which nobody told to stop, rather than waiting
+    # for it forever.
+    from moonshard.contracts.worker import WorkerConfig
+    from moonshard.topology.process import ProcessWorker
+
+    handle = ProcessWorker(WorkerConfig(0, f"sqlite:///{tmp_path / 'w.db'}"),
+                           lambda *line: None)
+    await handle.start()
+    pid = handle.pid
+    assert pid is not None
+    reader, heartbeat = handle._reader_task, handle._heartbeat_task
+    assert reader is not None
+    assert heartbeat is not None
+    heartbeat.cancel()  # a closing loop cancels every task, the heartbeat's too
+    reader.cancel()
+    done, _ = await asyncio.wait({reader}, timeout=30)  # a hang guard only
+    assert done, "the cancelled reader waited for a child nobody stopped"
+    await until(lambda: not alive(pid), "the worker process to end")

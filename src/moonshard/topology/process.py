@@ -115,11 +115,17 @@ class ProcessWorker(WorkerHandle):
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         """Owned by this handle: routes the child's frames until the child is gone."""
+        at_end = False
         try:
             while (frame := await read_frame(reader, self._codec)) is not None:
                 self._route(frame)
+            at_end = True  # the child closed its end: it is exiting
         finally:
             assert self._process is not None
+            if not at_end and self._process.returncode is None:
+                # Cancelled (its owner's loop is closing) or a broken frame: the child would
+                # never be told to stop, and waiting for it would never end.
+                self._process.kill()
             code = await self._process.wait()
             if self._heartbeat_task is not None:
                 self._heartbeat_task.cancel()
