@@ -50,6 +50,8 @@ from moonshard.topology.ray.frames import FrameBatches
 __all__ = ["RaySlot", "RayWorker"]
 
 _log = logging.getLogger(__name__)
+# How long a successor waits for the incarnation that died to go before ending it.
+_STALE_SECONDS = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -106,6 +108,9 @@ class RayWorker(WorkerHandle):
         options = self._cluster.options
         loop = asyncio.get_running_loop()
         deadline = loop.time() + options.start_timeout_seconds
+        # The incarnation that died may still answer for a moment; one that goes on answering
+        # (contact was lost, not the actor) is ended, so the successor starts afresh.
+        stale_since: float | None = None
         while True:
             self._actor = self._actor_for_slot()
             remaining = deadline - loop.time()
@@ -124,7 +129,11 @@ class RayWorker(WorkerHandle):
                 continue
             if placement["incarnation"] != self._slot.incarnation:
                 break
-            await asyncio.sleep(0.1)  # the incarnation that died has not gone yet
+            stale_since = stale_since if stale_since is not None else loop.time()
+            if loop.time() - stale_since > _STALE_SECONDS:
+                self._kill_actor(restart=True)
+                stale_since = None
+            await asyncio.sleep(0.1)
         self._slot.incarnation = placement["incarnation"]
         self._placement = placement
         self._drain_task = asyncio.create_task(self._drain())
@@ -172,7 +181,7 @@ class RayWorker(WorkerHandle):
             try:
                 await self._actor.submit.remote(self._batches.encode(batch))
             except Exception as error:
-                self._lost(f"its actor failed a call: {_cause(error)}")
+                self._finish(self._why_it_died(error))
                 return
 
     async def _drain(self) -> None:
@@ -209,10 +218,12 @@ class RayWorker(WorkerHandle):
             return f"killed by the watchdog ({self._stuck.label})"
         if self._unresponsive:
             return "killed: its event loop stopped answering"
-        if not isinstance(error, self._cluster.ray.exceptions.RayActorError):
-            # Contact lost but perhaps not dead: end it, so the successor starts afresh.
-            self._kill_actor(restart=True)
-        return f"its actor died: {_cause(error)}"
+        exceptions = self._cluster.ray.exceptions
+        if isinstance(error, exceptions.RayActorError):  # ActorUnavailableError too
+            return f"its actor died: {_cause(error)}"  # Ray is restarting it
+        # Contact lost, the actor perhaps alive: end it, so the successor starts afresh.
+        self._kill_actor(restart=True)
+        return f"its actor failed a call: {_cause(error)}"
 
     async def _heartbeat(self) -> None:
         """Owned by this handle: ends the actor once its loop misses a heartbeat (Ray then
@@ -232,10 +243,6 @@ class RayWorker(WorkerHandle):
                 return
 
     # -- ending ----------------------------------------------------------------------------------
-    def _lost(self, outcome: str) -> None:
-        self._kill_actor(restart=True)
-        self._finish(outcome)
-
     def _finish(self, outcome: str) -> None:
         if self._exit is not None:
             return
