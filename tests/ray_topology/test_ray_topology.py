@@ -170,3 +170,29 @@ async def test_sqlite_is_refused_in_one_line(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match="the ray topology needs PostgreSQL"):
         async with Engine.open(f"sqlite:///{tmp_path / 'x.db'}", topology="ray"):
             pass
+
+
+# Quadratic backtracking in C: the guard lets one repetition through, the watchdog stops it.
+STUCK_IN_C = """
+return {STUCK = function() return string.rep("a", 400000):find("a-b") end,
+        OK = function() print("still here"); return "ok" end}
+"""
+
+
+async def test_the_watchdog_ends_an_actor_stuck_in_c_and_its_successor_answers(
+        postgres: str) -> None:
+    logs = Logs()
+    # The pattern guard is raised so that a call can get stuck in C: the case the wall-clock
+    # kill is the last resort for.
+    async with Engine.open(postgres, topology="ray", workers=1, ray=OPTIONS, log=logs,
+                           limits=Limits(cpu_seconds=0.5, pattern_steps=10**13)) as engine:
+        for tenant in (A, B):
+            await engine.templates.put(tenant, "t", {"init.lua": STUCK_IN_C})
+        with pytest.raises(WorkerCrashed, match="watchdog") as crash:
+            await engine.dispatch(A, Event("STUCK", {}))
+        assert crash.value.stuck is not None
+        assert crash.value.stuck.startswith(str(A))
+        # The successor takes the slot's other tenants; their log lines reach the owner.
+        assert (await engine.dispatch(B, Event("OK", {})))[0].value == "ok"
+        assert engine.pool.workers[0].restart_count == 1
+        assert logs.messages("still here")
