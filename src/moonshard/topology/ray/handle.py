@@ -86,6 +86,7 @@ class RayWorker(WorkerHandle):
         self._stuck: Stuck | None = None
         self._unresponsive = False
         self._exit: str | None = None
+        self._stopping = False
 
     # -- what the supervisor and /healthz see ------------------------------------------------
     @property
@@ -117,11 +118,13 @@ class RayWorker(WorkerHandle):
             try:
                 placement = await asyncio.wait_for(self._actor.ready.remote(), remaining)
             except TimeoutError:
+                self._kill_actor(restart=False)  # a pending placement is given up too
                 raise WorkerCrashed(
                     f"worker {self._slot.index} was not placed and started on the Ray cluster "
                     f"within {options.start_timeout_seconds:g} s (each worker asks for "
                     f"{options.num_cpus:g} CPU)") from None
             except self._cluster.ray.exceptions.RayTaskError as error:
+                self._kill_actor(restart=False)  # the next attempt makes a fresh one
                 raise WorkerCrashed(_cause(error)) from None
             except self._cluster.ray.exceptions.RayError:
                 # The actor is dying or dead for good: ask again (a new one past its restarts).
@@ -193,6 +196,11 @@ class RayWorker(WorkerHandle):
                 for frame in self._batches.decode(data):
                     self._route(frame)
                 if ended:
+                    if not self._stopping:
+                        # Its worker ended without being asked: end the actor too, so the
+                        # successor is a fresh one.
+                        outcome = "its worker ended by itself"
+                        self._kill_actor(restart=True)
                     break
         except asyncio.CancelledError:
             raise
@@ -272,6 +280,7 @@ class RayWorker(WorkerHandle):
         await self.wait_exit()
 
     async def stop(self, deadline: float) -> None:
+        self._stopping = True
         for task in self._tasks[1:]:  # the heartbeat: a drain may answer late
             task.cancel()
         with contextlib.suppress(MoonshardError, TimeoutError):
