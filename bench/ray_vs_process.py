@@ -16,6 +16,7 @@ import time
 import uuid
 
 import asyncpg
+import ray
 
 from moonshard import Engine, Event, TenantId
 from moonshard.topology.ray import RayOptions
@@ -73,8 +74,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
-    import ray
-
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=100 * 1024 * 1024)
     try:
