@@ -61,6 +61,7 @@ from moonshard.templates import Template, check_template_shape
 from moonshard.tenants import TenantId
 from moonshard.topology.pool import Topology, WorkerPool
 from moonshard.topology.process import Liveness
+from moonshard.topology.ray.options import RayOptions
 from moonshard.topology.supervisor import Quarantine, RestartPolicy
 from moonshard.values import JsonValue
 
@@ -202,14 +203,21 @@ class Engine:
         quarantine: Quarantine | None = None, max_background: int = 10_000,
         stop_deadline: float = 30.0, observer: DispatchObserver | None = None,
         timers: TimerConfig | None = None, liveness: Liveness | None = None,
-        discord: DiscordConfig | None = None,
+        discord: DiscordConfig | None = None, ray: RayOptions | None = None,
     ) -> AsyncIterator[Engine]:
         """Starts everything; on leaving the block, drains and stops everything.
 
         ``discord`` is how ``ctx.discord`` reaches Discord: a token and API URL (each worker
         builds its own REST client), or ``DiscordConfig.of_rest(bot.rest)`` to share a hikari
         REST client this process runs (thread topology only).
+
+        ``topology="ray"`` runs each worker slot as a named Ray actor (``ray``: where the
+        cluster is; without an address a local Ray is started); it needs PostgreSQL, which
+        every node reaches.
         """
+        if topology == "ray" and database_url.partition(":")[0].lower() == "sqlite":
+            raise ConfigurationError("the ray topology needs PostgreSQL: its workers run on "
+                                     "other machines, which cannot share an SQLite file")
         limits = limits or Limits()
         quarantine = quarantine or Quarantine()
         count = workers if workers is not None else (os.cpu_count() or 1)
@@ -225,7 +233,7 @@ class Engine:
         # The engine's store also applies migrations before any worker opens the database.
         async with await open_store(database_url) as store:
             pool = WorkerPool(topology, configs, log or _log_to_logging, restart_policy,
-                              quarantine, liveness)
+                              quarantine, liveness, ray)
             await pool.start()
             try:
                 engine = cls(store, pool, limits, max_background, observer,

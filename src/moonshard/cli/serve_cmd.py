@@ -64,7 +64,8 @@ def _say(message: str) -> None:
               "reactions]")
 @click.option("--memory-limit", type=_SIZE, help="Memory per tenant VM [default: 25MiB]")
 @click.option("--cpu-limit", type=_FLOAT, help="CPU seconds per handler run [default: 10]")
-@click.option("--ray-address", help="The Ray cluster (not built yet)")
+@click.option("--ray-address",
+              help="The Ray cluster of TOPOLOGY=ray: auto, or an address [default: a local Ray]")
 @click.option("--stop-deadline", type=_FLOAT,
               help="Seconds in-flight work gets to finish when stopping [default: 30]")
 @click.option("--log-lines", type=_INTEGER, help="Log lines kept per tenant [default: 1000]")

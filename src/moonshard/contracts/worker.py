@@ -250,6 +250,11 @@ class WorkerHandle(abc.ABC):
         """The process that runs it, where it has one of its own."""
 
     @property
+    def node(self) -> str | None:
+        """Where it runs, when that is another machine's business (the ray topology)."""
+        return None
+
+    @property
     def guilty(self) -> TenantId | None:
         """After a crash: the tenant whose stuck Lua call ended the incarnation, if one did
         (the supervisor quarantines that tenant only)."""

@@ -64,6 +64,8 @@ class WorkerHealth(_Answer):
     restarts: int
     last_exit: str | None = Field(description="How its last incarnation ended")
     pid: int | None = Field(description="Its process (process topology)")
+    node: str | None = Field(default=None,
+                             description="The Ray node and process it runs on (ray topology)")
 
 
 class WorkerStatus(WorkerHealth):

@@ -25,12 +25,13 @@ import uvicorn
 from moonshard.config import ConfigError, Settings
 from moonshard.discord.config import DiscordConfig
 from moonshard.engine import Engine
-from moonshard.errors import SchemaError, StoreUnavailable
+from moonshard.errors import ConfigurationError, SchemaError, StoreUnavailable
 from moonshard.server.app import AdminTokenHome, create_app
 from moonshard.server.logbook import LogBook
 from moonshard.server.metrics import Metrics
 from moonshard.store import safe_url
 from moonshard.topology.pool import Topology
+from moonshard.topology.ray.options import RayOptions
 
 if TYPE_CHECKING:
     from moonshard.discord.gateway import DiscordGateway
@@ -44,15 +45,19 @@ EXIT_FORCED = 130
 
 def check_buildable(settings: Settings) -> list[str]:
     """Refuses what is not built yet; returns warnings for what is skipped."""
-    if settings.topology == "ray" or settings.ray_address is not None:
-        source = settings.source_of("TOPOLOGY" if settings.topology == "ray" else "RAY_ADDRESS")
-        raise ConfigError(f"{source}: the Ray topology is not built yet; use TOPOLOGY=process "
-                          "or TOPOLOGY=thread")
+    warnings: list[str] = []
+    if settings.topology == "ray" and \
+            settings.database_url.partition(":")[0].lower() == "sqlite":
+        raise ConfigError(f"{settings.source_of('TOPOLOGY')}: the ray topology needs "
+                          "PostgreSQL (set DATABASE_URL to a postgresql:// URL every node "
+                          "reaches)")
+    if settings.topology != "ray" and settings.ray_address is not None:
+        warnings.append(f"{settings.source_of('RAY_ADDRESS')} is ignored: the topology is "
+                        f"{settings.topology}, not ray")
     if settings.discord_token is not None and \
             DiscordConfig(token=settings.discord_token).bot_user_id is None:
         raise ConfigError(f"{settings.source_of('DISCORD_TOKEN')}: not a Discord bot token "
                           "(its first part is the bot's id; copy it from the developer portal)")
-    warnings: list[str] = []
     return warnings
 
 
@@ -194,8 +199,8 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
         say(f"warning: {warning}")
     sock = listen(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    # check_buildable refused ray: what is left is a topology the pool runs.
-    topology: Topology = "thread" if settings.topology == "thread" else "process"
+    topology: Topology = "thread" if settings.topology == "thread" else \
+        "ray" if settings.topology == "ray" else "process"
     stopper = _Stopper(say, settings.stop_deadline)
     with sock, stopper.installed():
         logbook = LogBook(keep_lines=settings.log_lines, keep_days=settings.log_days)
@@ -221,6 +226,8 @@ async def serve(settings: Settings, say: Callable[[str], None]) -> int:
             plural = "s" if settings.workers != 1 else ""
             say(f"moonshard: {settings.workers} {settings.topology} worker{plural}, "
                 f"database {safe_url(settings.database_url)}")
+            if engine.pool.placement_note is not None:
+                say(f"ray: {engine.pool.placement_note}")
             say(f"admin token: {where}")
             say(f"listening on http://{shown}:{port} (Ctrl-C to stop)")
             async with asyncio.TaskGroup() as tasks:
@@ -253,11 +260,14 @@ async def _opened_engine(settings: Settings, topology: Topology, logbook: LogBoo
     opened = Engine.open(
         settings.database_url, topology=topology, workers=settings.workers,
         limits=settings.limits, log=logbook, observer=metrics,
-        stop_deadline=settings.stop_deadline, discord=discord)
+        stop_deadline=settings.stop_deadline, discord=discord,
+        ray=RayOptions(address=settings.ray_address))
     try:
         engine = await opened.__aenter__()
     except (StoreUnavailable, SchemaError, ValueError) as error:
         raise ConfigError(f"{_setting('DATABASE_URL', settings)}: {error}") from None
+    except ConfigurationError as error:
+        raise ConfigError(f"{_setting('TOPOLOGY', settings)}: {error}") from None
     try:
         yield engine
     except BaseException as error:

@@ -1,8 +1,9 @@
 """The calls in flight to one worker incarnation: pending, started, answered, or lost in a crash.
 
-Both topologies keep their calls here, over their own transport (a socket pair to a process,
-the loop of a thread): a call that had not started when its incarnation died fails with
-``WorkerCrashed`` before it ran, which tells the supervisor to send it to the successor.
+Every topology keeps its calls here, over its own transport (a socket pair to a process,
+the loop of a thread, a Ray actor's calls): a call that had not started when its incarnation
+died fails with ``WorkerCrashed`` before it ran, which tells the supervisor to send it to the
+successor.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ class SupervisedWorker(Worker):
         current = self._current
         return {"index": self.index, "up": self._up.is_set(), "healthy": self.healthy,
                 "restarts": self.restart_count, "last_exit": self.last_exit,
-                "pid": current.pid if current is not None else None}
+                "pid": current.pid if current is not None else None,
+                "node": current.node if current is not None else None}
 
     @property
     def current(self) -> WorkerHandle | None:
