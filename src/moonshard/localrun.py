@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from moonshard.contracts.host import Capability
 from moonshard.discord.capability import DiscordHost
@@ -132,9 +132,23 @@ class LocalSession:
     leaves the old one running. Use as ``async with LocalSession(...) as session``.
     """
 
-    __slots__ = ("_clock", "_database_url", "_limits", "_log", "_queue", "_rate_limiter",
-                 "_recorder", "_runner", "_run_step", "_set", "_store", "_tenant", "_vm",
-                 "_vm_reason")
+    __slots__ = (
+        "_clock",
+        "_database_url",
+        "_limits",
+        "_log",
+        "_queue",
+        "_rate_limiter",
+        "_recorder",
+        "_run_step",
+        "_runner",
+        "_set",
+        "_store",
+        "_tenant",
+        "_vm",
+        "_vm_reason",
+        "on_report",
+    )
 
     def __init__(self, tenant: TenantId, limits: Limits, database_url: str, log: LogSink,
                  run_step: StepRunner[object], clock: LocalClock | None = None) -> None:
@@ -153,6 +167,8 @@ class LocalSession:
         self._rate_limiter = GcraLimiter()
         # ctx.discord is recorded, not sent; scope and limit checks still apply.
         self._recorder = RecordingRest(tenant.id if tenant.kind == "guild" else None)
+        # Told of each event as soon as it ran (dev prints it there, after its print lines).
+        self.on_report: Callable[[EventReport], None] | None = None
 
     @property
     def clock(self) -> LocalClock:
@@ -217,13 +233,16 @@ class LocalSession:
         return self._store, self._runner, self._set
 
     async def _run_one(self, event: Event, cause: str) -> EventReport:
-        store, runner, template_set = self._parts()
+        _, runner, template_set = self._parts()
         recorded = len(self._recorder.calls)
         assert self._vm is not None
         results = await runner.run_event(self._vm, template_set, event, self._rate_limiter,
                                          self._run_step)
-        return EventReport(event, results, self._recorder.calls[recorded:], cause,
-                           self._clock.now())
+        report = EventReport(event, results, self._recorder.calls[recorded:], cause,
+                             self._clock.now())
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
 
     async def _ensure_vm(self) -> list[EventReport]:
         """Builds the VM when there is none (or it broke a limit): Startup, then KeyResume."""

@@ -22,7 +22,7 @@ from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["exec_template", "read_template_dir", "template_error_json"]
+__all__ = ["LogPrinter", "exec_template", "read_template_dir", "template_error_json"]
 
 _LEVEL_STYLES = MappingProxyType(
     {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"})
@@ -62,11 +62,11 @@ def _parse_data(text: str | None) -> JsonValue:
     return value
 
 
-class _LogPrinter:
+class LogPrinter:
     """Prints a template's log lines to stderr as they happen (or, with ``keep``, keeps them
     for the JSON document of ``--json``)."""
 
-    __slots__ = ("_console", "kept", "keep")
+    __slots__ = ("_console", "keep", "kept")
 
     def __init__(self, *, keep: bool = False, stderr: bool = True) -> None:
         self._console = Console(stderr=stderr, highlight=False, soft_wrap=True)
@@ -151,7 +151,7 @@ def exec_template(
 
     with tempfile.TemporaryDirectory(prefix="moonshard-exec-") as scratch:
         database = state.resolve() if state else Path(scratch) / "kv.db"
-        printer = _LogPrinter(keep=as_json)
+        printer = LogPrinter(keep=as_json)
         with StepWatchdog(limits.hard_wall_seconds, on_stuck) as watchdog:
             runner = LocalRunner(tenant, limits, f"sqlite:///{database}", printer,
                                  watchdog.run_step, LocalClock(fast=until_idle))
@@ -168,9 +168,8 @@ def exec_template(
 def template_error_json(name: str, error: TemplateError | LimitExceeded) -> dict[str, JsonValue]:
     """A refused template as the API words it (its name always in it)."""
     if isinstance(error, TemplateError):
-        body = error.to_json()
-        body.setdefault("template", name)
-        return body
+        return {"code": error.code, "template": error.template or name, "file": error.file,
+                "line": error.line, "message": error.message}
     return {"code": "limit_exceeded", "template": name, "limit": error.limit,
             "message": str(error)}
 
