@@ -97,7 +97,7 @@ def describe_error(response: httpx.Response) -> str:
         return f"the server answered {response.status_code}: {response.text[:200].strip()}"
     if code in ("compile_error", "load_error"):
         where = ":".join(str(part) for part in (error.get("file"), error.get("line")) if part)
-        name = f"{error['template']}: " if error.get("template") else ""
+        name = f"{error['template']} " if error.get("template") else ""
         if where and message.startswith(where + ":"):
             where = ""  # the message names its place already
         return f"template {name}refused: {where + ': ' if where else ''}{message}"
