@@ -96,7 +96,8 @@ async def test_a_runtime_error_while_loading_is_a_load_error_with_file_and_line(
 async def test_an_error_raised_at_load_names_its_line_and_no_internal_frame() -> None:
     error = await refusal('local x = 1\nerror("set CHANNEL_ID first")\nreturn {}\n')
     assert str(error) == "init.lua:2: error while loading: set CHANNEL_ID first"
-    assert "<python>" not in str(error) and "prelude" not in str(error)
+    assert "<python>" not in str(error)
+    assert "prelude" not in str(error)
 
 
 async def test_a_handler_that_is_not_a_function_is_said_once() -> None:
