@@ -8,6 +8,8 @@ import re
 __all__ = ["hint_for"]
 
 _HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"near '!'"),
+     "Lua writes 'not equal' as `~=`, and 'not' as `not`"),
     (re.compile(r"'then' expected near '='"),
      "`=` stores a value; to compare, write `==`, as in `if x == 1 then`"),
     (re.compile(r"'do' expected near '='"),
@@ -21,8 +23,6 @@ _HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"unexpected symbol near '[,})\]]'"),
      "a missing `end`? every `function`, `if`, `for` and `while` needs its own `end`, "
      "before the `,` or `}` that follows a handler"),
-    (re.compile(r"near '!'"),
-     "Lua writes 'not equal' as `~=`, and 'not' as `not`"),
     (re.compile(r"'=' expected near"),
      "a line that is neither a call nor an assignment: a typo, or `local` missing a name?"),
 )
