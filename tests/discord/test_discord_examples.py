@@ -266,3 +266,32 @@ def test_every_example_loads_and_ships_sample_payloads(example: str) -> None:
     assert payloads, f"{example} ships no sample payload"
     for path in payloads:
         assert isinstance(json.loads(path.read_text()), dict)
+
+
+async def test_welcome_greets_and_counts_members(engine: Engine, fake: FakeDiscord,
+                                                 logged: Logged) -> None:
+    await installed(engine, fake, "welcome")
+    joined = sample("welcome", "GUILD_MEMBER_ADD")
+    results = await engine.dispatch(TENANT, Event("GUILD_MEMBER_ADD", joined))
+    assert results[0].value == {"greeting": "Welcome, nelly! You are member #1.",
+                                "member_number": 1}
+    await until(lambda: logged.holds("welcome sent to"))
+    assert logged.holds("Welcome, nelly! You are member #1.")
+    assert fake.requests == []  # welcome only talks to the log
+
+
+async def test_antispam_deletes_the_flood_and_times_the_sender_out(
+        engine: Engine, fake: FakeDiscord) -> None:
+    await installed(engine, fake, "antispam")
+    spam = sample("antispam", "MESSAGE_CREATE")
+    for n in range(6):
+        await gateway(engine, "MESSAGE_CREATE", dict(spam, id=str(1300000000000000410 + n)))
+    [deleted] = fake.made("DELETE", f"/channels/{CHANNEL}/messages/1300000000000000415")
+    assert deleted.reason == "spam: 6 messages in 10 s"
+    [timed_out] = fake.made("PATCH", f"/guilds/{GUILD}/members/{NELLY}")
+    assert timed_out.reason == "spam: more than 5 messages in 10 s"
+    assert timed_out.body is not None
+    assert "communication_disabled_until" in timed_out.body
+    [warned] = fake.made("POST", f"/channels/{CHANNEL}/messages")
+    assert warned.body == {"content": f"<@{NELLY}> slow down.",
+                           "allowed_mentions": {"users": [NELLY]}}
