@@ -397,8 +397,6 @@ class LocalRunner:
 
         Raises TemplateError (or LimitExceeded) when the template is refused.
         """
-        # Validate before the store opens: a refused template touches no state.
-        await validate_template(self._tenant, name, files, self._limits, self._run_step)
         async with LocalSession(self._tenant, self._limits, self._database_url, self._log,
                                 self._run_step, self._clock) as session:
             await session.load(name, files)

@@ -78,10 +78,8 @@ class _Out:
                 self.line(f"   ok {result.template}: "
                           f"{json.dumps(result.value, ensure_ascii=False)}")
             else:
+                # Its traceback is in the log line printed above, as the tenant log has it.
                 self.line(f"   FAILED {result.template}: {result.error}")
-                if result.traceback:
-                    for row in result.traceback.splitlines():
-                        self.line(f"      {row}")
         for call in report.discord:
             body = f" {json.dumps(call.body, ensure_ascii=False)}" if call.body is not None \
                 else ""
