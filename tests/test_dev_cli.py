@@ -227,3 +227,26 @@ return {
         assert dev.close() == 0
     finally:
         dev.process.kill()
+
+
+def test_dev_on_the_real_clock_fires_an_expiry_when_it_is_due(tmp_path: Path) -> None:
+    template = folder(tmp_path, """\
+return {
+  GO = function(ctx, event)
+    ctx.kv.set("soon", "ding", {ttl = 1})
+    return "set"
+  end,
+  KeyExpiry = function(ctx, event) return event.data.value end,
+}
+""")
+    dev = Dev(str(template))
+    try:
+        dev.expect("loaded tpl (v1)")
+        dev.send("GO")
+        assert "1 timer(s) pending" in dev.expect("timer(s) pending")[-1]
+        fired = dev.expect('ok tpl: "ding"')  # the prompt is idle: the clock fires it
+        assert "-> KeyExpiry (expiry)" in fired
+        dev.send(":quit")
+        assert dev.close() == 0
+    finally:
+        dev.process.kill()
