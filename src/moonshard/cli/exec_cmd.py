@@ -144,8 +144,9 @@ def exec_template(
                          f"wall-clock limit exceeded: one call ran {seconds:.1f} s without "
                          "returning (stuck in C code, such as a pattern match); the VM was "
                          "killed")}]})
-        click.echo(f"error: {name}: handler killed after {seconds:.1f} s of wall-clock time",
-                   err=True)
+        if not as_json:
+            click.echo(f"error: {name}: handler killed after {seconds:.1f} s of wall-clock "
+                       "time", err=True)
         sys.stderr.flush()
         os._exit(1)
 
