@@ -27,13 +27,16 @@ class MoonshardError(Exception):
 class TemplateError(MoonshardError):
     """A template was refused: it does not compile, or does not return a table of handlers.
 
-    ``file`` and ``line`` locate the problem when it has a place in the source.
+    ``file`` and ``line`` locate the problem when it has a place in the source. ``code`` is
+    ``compile_error`` (it does not compile, or its shape is wrong) or ``load_error`` (it
+    compiled, but running ``init.lua`` raised an error).
     """
 
     def __init__(
         self, message: str, *, template: str | None = None, file: str | None = None,
-        line: int | None = None,
+        line: int | None = None, code: str = "compile_error",
     ) -> None:
+        self.code = code
         self.template = template
         self.file = file
         self.line = line
@@ -42,7 +45,7 @@ class TemplateError(MoonshardError):
         super().__init__(f"{where}: {message}" if where else message)
 
     def to_json(self) -> dict[str, object]:
-        return {"code": "compile_error", "template": self.template, "file": self.file,
+        return {"code": self.code, "template": self.template, "file": self.file,
                 "line": self.line, "message": self.message}
 
 

@@ -6,6 +6,7 @@ import click
 
 from moonshard.cli.bench_cmd import bench
 from moonshard.cli.client_cmds import client_commands
+from moonshard.cli.dev_cmd import dev
 from moonshard.cli.exec_cmd import exec_template
 from moonshard.cli.serve_cmd import serve
 
@@ -19,6 +20,7 @@ def cli() -> None:
 
 
 cli.add_command(exec_template)
+cli.add_command(dev)
 cli.add_command(bench)
 cli.add_command(serve)
 for command in client_commands():

@@ -17,12 +17,12 @@ from rich.text import Text
 from moonshard.errors import LimitExceeded, TemplateError
 from moonshard.events import Event
 from moonshard.limits import Limits, parse_size
-from moonshard.localrun import LocalRunner, RunReport
+from moonshard.localrun import LocalClock, LocalRunner, RunReport
 from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["exec_template"]
+__all__ = ["LogPrinter", "exec_template", "read_template_dir", "template_error_json"]
 
 _LEVEL_STYLES = MappingProxyType(
     {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"})
@@ -62,15 +62,21 @@ def _parse_data(text: str | None) -> JsonValue:
     return value
 
 
-class _LogPrinter:
-    """Prints a template's log lines to stderr as they happen."""
+class LogPrinter:
+    """Prints a template's log lines to stderr as they happen (or, with ``keep``, keeps them
+    for the JSON document of ``--json``)."""
 
-    __slots__ = ("_console",)
+    __slots__ = ("_console", "keep", "kept")
 
-    def __init__(self) -> None:
-        self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+    def __init__(self, *, keep: bool = False, stderr: bool = True) -> None:
+        self._console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+        self.keep = keep
+        self.kept: list[JsonValue] = []
 
     def __call__(self, level: str, template: str, message: str) -> None:
+        if self.keep:
+            self.kept.append({"level": level, "template": template, "message": message})
+            return
         line = Text()
         line.append(f"[{level}] ", style=_LEVEL_STYLES.get(level, ""))
         line.append(f"{template}: ", style="bold")
@@ -95,9 +101,18 @@ def _print_json(value: object) -> None:
               help="CPU seconds per handler run.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path),
               help="An SQLite file that keeps ctx.kv between runs (default: a throwaway store).")
+@click.option("--until-idle", is_flag=True,
+              help="Also run what the event scheduled or armed (scheduled events, key "
+                   "expiries), on a fast-forwarded clock, until nothing is pending.")
+@click.option("--max-events", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="The bound on events one exec runs (emitted, scheduled, expiries).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine output: one JSON document on stdout, with the log lines in it, "
+                   "and nothing on stderr.")
 def exec_template(
     directory: Path, event_name: str, data_text: str | None, author: str | None,
-    tenant_text: str, memory: str, cpu: float, state: Path | None,
+    tenant_text: str, memory: str, cpu: float, state: Path | None, until_idle: bool,
+    max_events: int, as_json: bool,
 ) -> None:
     """Run the template in DIRECTORY against one event and print the results as JSON.
 
@@ -129,38 +144,58 @@ def exec_template(
                          f"wall-clock limit exceeded: one call ran {seconds:.1f} s without "
                          "returning (stuck in C code, such as a pattern match); the VM was "
                          "killed")}]})
-        click.echo(f"error: {name}: handler killed after {seconds:.1f} s of wall-clock time",
-                   err=True)
+        if not as_json:
+            click.echo(f"error: {name}: handler killed after {seconds:.1f} s of wall-clock "
+                       "time", err=True)
         sys.stderr.flush()
         os._exit(1)
 
     with tempfile.TemporaryDirectory(prefix="moonshard-exec-") as scratch:
         database = state.resolve() if state else Path(scratch) / "kv.db"
+        printer = LogPrinter(keep=as_json)
         with StepWatchdog(limits.hard_wall_seconds, on_stuck) as watchdog:
-            runner = LocalRunner(tenant, limits, f"sqlite:///{database}", _LogPrinter(),
-                                 watchdog.run_step)
+            runner = LocalRunner(tenant, limits, f"sqlite:///{database}", printer,
+                                 watchdog.run_step, LocalClock(fast=until_idle))
             try:
-                report = asyncio.run(runner.run(name, files, event))
+                report = asyncio.run(runner.run(name, files, event, until_idle=until_idle,
+                                                max_events=max_events))
             except (TemplateError, LimitExceeded) as error:
-                _print_template_error(name, error)
+                _print_template_error(name, error, printer.kept if as_json else None)
                 sys.exit(1)
-    _print_report(tenant, report)
+    _print_report(tenant, report, printer.kept if as_json else None)
     sys.exit(0 if report.ok else 1)
 
 
-def _print_template_error(name: str, error: TemplateError | LimitExceeded) -> None:
+def template_error_json(name: str, error: TemplateError | LimitExceeded) -> dict[str, JsonValue]:
+    """A refused template as the API words it (its name always in it)."""
     if isinstance(error, TemplateError):
-        body = error.to_json()
-    else:
-        body = {"code": "limit_exceeded", "template": name, "limit": error.limit,
-                "message": str(error)}
+        return {"code": error.code, "template": error.template or name, "file": error.file,
+                "line": error.line, "message": error.message}
+    return {"code": "limit_exceeded", "template": name, "limit": error.limit,
+            "message": str(error)}
+
+
+def _print_template_error(name: str, error: TemplateError | LimitExceeded,
+                          logs: list[JsonValue] | None) -> None:
+    body = template_error_json(name, error)
+    if logs is not None:
+        _print_json({"error": body, "logs": logs})
+        return
     _print_json({"error": body})
     click.echo(f"error: {name}: {error}", err=True)
 
 
-def _print_report(tenant: TenantId, report: RunReport) -> None:
-    _print_json({"tenant": str(tenant), **report.to_json()})
-    calls = [*report.discord, *(call for emitted in report.emitted for call in emitted.discord)]
+def _print_report(tenant: TenantId, report: RunReport, logs: list[JsonValue] | None) -> None:
+    document: dict[str, JsonValue] = {"tenant": str(tenant), **report.to_json()}
+    if logs is not None:
+        document["logs"] = logs
+        document["handled"] = report.handled
+        document["subscriptions"] = list(report.subscriptions)
+        _print_json(document)
+        return
+    _print_json(document)
+    calls = [*(call for before in report.before for call in before.discord), *report.discord,
+             *(call for emitted in report.emitted for call in emitted.discord)]
     for call in calls:
         reason = f" (reason: {call.reason})" if call.reason is not None else ""
         click.echo(f"discord (recorded, not sent): {call.method} {call.path}{reason}", err=True)
@@ -168,3 +203,6 @@ def _print_report(tenant: TenantId, report: RunReport) -> None:
         click.echo(
             f"warning: no handler for {report.event.name}; this template handles: "
             f"{', '.join(report.subscriptions) or 'nothing'}", err=True)
+    if report.pending:
+        click.echo(f"note: {report.pending} timer(s) still pending (scheduled events, key "
+                   "expiries); --until-idle runs them on a fast clock", err=True)

@@ -95,9 +95,12 @@ def describe_error(response: httpx.Response) -> str:
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return f"the server answered {response.status_code}: {response.text[:200].strip()}"
-    if code == "compile_error":
+    if code in ("compile_error", "load_error"):
         where = ":".join(str(part) for part in (error.get("file"), error.get("line")) if part)
-        return f"template refused: {where + ': ' if where else ''}{message}"
+        name = f"{error['template']} " if error.get("template") else ""
+        if where and message.startswith(where + ":"):
+            where = ""  # the message names its place already
+        return f"template {name}refused: {where + ': ' if where else ''}{message}"
     retry = response.headers.get("Retry-After")
     hint = f" (retry in {retry} s)" if retry else ""
     return f"{message} [{response.status_code} {code}]{hint}"

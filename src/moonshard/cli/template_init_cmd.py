@@ -28,3 +28,4 @@ def template_init(folder: Path) -> None:
     click.echo(f"created {folder} with {len(written)} files. Try it:")
     click.echo(f"  moonshard exec {folder} --event MESSAGE_CREATE "
                f"--data @{folder / 'events' / 'MESSAGE_CREATE.json'}")
+    click.echo(f"  moonshard dev {folder}    (reloads on save; type MESSAGE_CREATE)")

@@ -125,7 +125,8 @@ def error_to_wire(error: BaseException) -> WireError:
     """A worker's failure as data. Errors that are not moonshard's own keep only their text."""
     fields: dict[str, Any] = {}
     if isinstance(error, TemplateError):
-        fields = {"template": error.template, "file": error.file, "line": error.line}
+        fields = {"template": error.template, "file": error.file, "line": error.line,
+                  "code": error.code}
         return WireError("TemplateError", error.message, fields)
     if isinstance(error, LimitExceeded):
         return WireError("LimitExceeded", str(error),
@@ -151,7 +152,8 @@ def error_from_wire(wire: WireError) -> MoonshardError:
     match wire.kind:
         case "TemplateError":
             return TemplateError(message, template=fields.get("template"),
-                                 file=fields.get("file"), line=fields.get("line"))
+                                 file=fields.get("file"), line=fields.get("line"),
+                                 code=str(fields.get("code") or "compile_error"))
         case "LimitExceeded":
             return LimitExceeded(str(fields.get("limit") or "unknown"), message,
                                  retry_after=fields.get("retry_after"))

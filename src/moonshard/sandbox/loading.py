@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from moonshard.errors import TemplateError
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner, drive
+from moonshard.sandbox.hints import hint_for
 from moonshard.sandbox.vm import LogSink, TenantVM
 from moonshard.templates import Template, TemplateSet, check_template_shape
 from moonshard.tenants import TenantId
@@ -21,10 +23,27 @@ def _discard_log(level: str, template: str, message: str) -> None:
 async def load_template(
     vm: TenantVM, name: str, files: Mapping[str, str], run_step: StepRunner[object],
 ) -> tuple[str, ...]:
-    """Compiles every file, runs init.lua, records the handlers; raises TemplateError."""
-    run = vm.start_load(name, files)
+    """Compiles every file, runs init.lua, records the handlers; raises TemplateError.
+
+    A compile error is worded with a hint when it is a common mistake (``compile_error``); an
+    error raised while init.lua runs is named as such (``load_error``), with its file and line.
+    """
+    try:
+        run = vm.start_load(name, files)
+    except TemplateError as error:
+        hint = hint_for(error.message)
+        if hint is None:
+            raise
+        raise TemplateError(f"{error.message} (hint: {hint})", template=error.template,
+                            file=error.file, line=error.line) from None
     result = await drive(run, {}, run_step)
-    return vm.finish_load(name, result)
+    try:
+        return vm.finish_load(name, result)
+    except TemplateError as error:
+        if error.line is None:
+            raise  # the shape of what init.lua returned: not a table, a handler not a function
+        raise TemplateError(f"error while loading: {error.message}", template=error.template,
+                            file=error.file, line=error.line, code="load_error") from None
 
 
 async def validate_template(

@@ -13,7 +13,7 @@ errors themselves:
 | ``LimitExceeded`` of a size (``kv.value_size``...) | 413 | ``limit_exceeded`` |
 | body over the size limit (2 MiB) | 413 | ``payload_too_large`` |
 | invalid input, ``HostCallError``, ``ValueConversionError`` | 422 | ``invalid_request`` |
-| ``TemplateError`` | 422 | ``compile_error`` (with ``file`` and ``line``) |
+| ``TemplateError`` | 422 | ``compile_error`` or ``load_error`` (``template``, ``file``, ``line``) |
 | ``Overloaded`` | 429 + Retry-After | ``overloaded`` |
 | ``LimitExceeded`` with ``retry_after`` (rate limits) | 429 + Retry-After | ``rate_limited`` |
 | ``TenantQuarantined`` | 429 + Retry-After | ``tenant_quarantined`` |
@@ -79,7 +79,7 @@ def api_error_from(error: Exception) -> ApiError | None:
     if isinstance(error, TemplateError):
         fields = {key: value for key, value in error.to_json().items()
                   if key not in ("code", "message")}
-        return ApiError(422, "compile_error", error.message, fields=fields)
+        return ApiError(422, error.code, error.message, fields=fields)
     if isinstance(error, LimitExceeded):
         fields = {"limit": error.limit}
         if error.retry_after is not None:
