@@ -255,3 +255,18 @@ def test_a_template_reads_its_leaderboard(server: Served) -> None:
         assert failed["ok"] is False
         assert "opts.after: key 'note' is not on the leaderboard of scope 'xp'" in \
             failed["error"]
+
+
+def test_a_rollback_keeps_the_paused_state(server: Served) -> None:
+    tenant = new_guild()
+    base = f"/v1/tenants/{tenant}/templates/which"
+    with server.client() as admin:
+        push(admin, tenant, "one")
+        paused = admin.put(base, json={"files": {"init.lua": source("two")}, "paused": True})
+        assert paused.status_code == 200
+        assert admin.post(f"{base}/rollback").status_code == 200
+        shown = admin.get(base).json()
+        assert shown["paused"] is True
+        assert shown["files"] == {"init.lua": source("one")}
+        ran = admin.post(f"/v1/tenants/{tenant}/events", json={"name": "WHICH"})
+        assert ran.json()["results"] == []

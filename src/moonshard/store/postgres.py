@@ -110,16 +110,17 @@ _KV_UPDATE = (
     "UPDATE kv SET value = $5, version = $6, created_at = $7, updated_at = $8, expires_at = $9,"
     f" resume = $10, num_value = $11 WHERE {_KEY}")
 # Leaderboards: one range of the kv_top index each (see KVStore.top).
-_KV_TOP_ROWS = (
-    f"SELECT key, {_FIELDS} FROM kv WHERE {_TENANT} AND scope = $3"
-    " AND num_value IS NOT NULL AND (expires_at IS NULL OR expires_at > $4)")
-_KV_TOP = f"{_KV_TOP_ROWS} ORDER BY num_value DESC, key LIMIT $5"
+_KV_TOP_WHERE = (
+    f"FROM kv WHERE {_TENANT} AND scope = $3 AND num_value IS NOT NULL"
+    " AND (expires_at IS NULL OR expires_at > $4)")
+_KV_TOP = f"SELECT key, {_FIELDS} {_KV_TOP_WHERE} ORDER BY num_value DESC, key LIMIT $5"
 # After (n, k): the rest of n's ties (keys above k), then the numbers below n; two index
-# ranges, where one OR of both would scan from the top.
+# ranges, where one OR of both would scan from the top. Rows: key, num_value, fields.
+_KV_TOP_PAGE_ROWS = f"SELECT key, num_value, {_FIELDS} {_KV_TOP_WHERE}"
 _KV_TOP_AFTER = (
-    f"(({_KV_TOP_ROWS} AND num_value = $5 AND key > $6 ORDER BY key LIMIT $7)"
-    f" UNION ALL ({_KV_TOP_ROWS} AND num_value < $5 ORDER BY num_value DESC, key LIMIT $7))"
-    " ORDER BY 2 DESC, 1 LIMIT $7").replace("SELECT key,", "SELECT key, num_value,", 2)
+    f"(({_KV_TOP_PAGE_ROWS} AND num_value = $5 AND key > $6 ORDER BY key LIMIT $7)"
+    f" UNION ALL ({_KV_TOP_PAGE_ROWS} AND num_value < $5"
+    " ORDER BY num_value DESC, key LIMIT $7)) ORDER BY num_value DESC, key LIMIT $7")
 _KV_AHEAD = (
     f"SELECT (SELECT COUNT(*) FROM kv WHERE {_TENANT} AND scope = $3 AND num_value > $4"
     " AND (expires_at IS NULL OR expires_at > $6))"
