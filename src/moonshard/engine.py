@@ -47,7 +47,9 @@ from moonshard.errors import (
     ConfigurationError,
     EventStopped,
     MoonshardError,
+    NothingToRollBack,
     Overloaded,
+    TemplateNotFound,
     WorkerCrashed,
     WorkerUnavailable,
 )
@@ -56,7 +58,7 @@ from moonshard.limits import Limits
 from moonshard.observer import DispatchObserver
 from moonshard.routing import route_gateway
 from moonshard.store import open_store
-from moonshard.store.api import KVRecord, Store
+from moonshard.store.api import KVRecord, Store, TemplateVersion
 from moonshard.templates import Template, check_template_shape
 from moonshard.tenants import TenantId
 from moonshard.topology.pool import Topology, WorkerPool
@@ -116,6 +118,42 @@ class TemplatesAPI:
         saved = template_set.get(name)
         assert saved is not None
         return saved
+
+    async def history(self, tenant: TenantId, name: str) -> list[TemplateVersion]:
+        """The template's kept versions, newest (the current one) first; raises
+        TemplateNotFound when the tenant has no such template."""
+        versions = await self._store.templates.history(tenant, name)
+        if not versions:
+            raise TemplateNotFound(f"{tenant} has no template {name!r}")
+        return versions
+
+    async def rollback(self, tenant: TenantId, name: str,
+                       version: int | None = None) -> Template:
+        """Saves the files of an earlier kept version (default: the one before the current)
+        as a new version, through ``put``: validated, stored and swapped in like a push.
+
+        Keeps the template's paused state. Raises TemplateNotFound (no such template, or that
+        version is not kept) or NothingToRollBack.
+        """
+        current = await self.get(tenant, name)
+        versions = await self.history(tenant, name)
+        if current is None:
+            raise TemplateNotFound(f"{tenant} has no template {name!r}")
+        if version is None:
+            earlier = [kept.version for kept in versions if kept.version < current.version]
+            if not earlier:
+                raise NothingToRollBack(
+                    f"template {name!r} of {tenant} has no earlier version to roll back to")
+            version = earlier[0]
+        elif version == current.version:
+            raise NothingToRollBack(
+                f"version {version} is already the current version of template {name!r}")
+        target = await self._store.templates.version(tenant, name, version)
+        if target is None:
+            kept = ", ".join(str(item.version) for item in versions)
+            raise TemplateNotFound(
+                f"template {name!r} of {tenant} has no version {version} kept (kept: {kept})")
+        return await self.put(tenant, name, target.files, paused=current.paused)
 
     async def get(self, tenant: TenantId, name: str) -> Template | None:
         return (await self._store.templates.load_set(tenant)).get(name)

@@ -9,10 +9,12 @@ __all__ = [
     "LimitExceeded",
     "MoonshardError",
     "NotBuiltError",
+    "NothingToRollBack",
     "Overloaded",
     "SchemaError",
     "StoreUnavailable",
     "TemplateError",
+    "TemplateNotFound",
     "TenantQuarantined",
     "ValueConversionError",
     "WorkerCrashed",
@@ -126,3 +128,11 @@ class TenantQuarantined(MoonshardError):
     def __init__(self, message: str, *, until: float) -> None:
         self.until = until
         super().__init__(message)
+
+
+class TemplateNotFound(MoonshardError):
+    """A tenant has no template of that name, or no kept version of that number."""
+
+
+class NothingToRollBack(MoonshardError):
+    """A rollback with no earlier version to go to (or to the version that is current)."""

@@ -119,3 +119,28 @@ def test_the_answers_match_their_schemas(served: Served, document: dict[str, Any
             validator = jsonschema_rs.Draft202012Validator(
                 {**error_schema, "components": document["components"]})
             assert validator.is_valid(response.json())
+
+
+def test_template_version_answers_match_their_schemas(
+        served: Served, document: dict[str, Any]) -> None:
+    tenant = new_guild()
+    base = f"/v1/tenants/{tenant}/templates/counter"
+    with served.client() as admin:
+        for _ in range(2):
+            assert admin.put(base, json={"files": {"init.lua": COUNTER}}).status_code == 200
+        versions = admin.get(f"{base}/versions")
+        assert versions.status_code == 200
+        check(document, "/v1/tenants/{tenant}/templates/{name}/versions", "get", versions)
+        back = admin.post(f"{base}/rollback", json={})
+        assert back.status_code == 200
+        check(document, "/v1/tenants/{tenant}/templates/{name}/rollback", "post", back)
+        for status, response in ((404, admin.post(f"{base}x/rollback")),
+                                 (409, admin.post(f"{base}/rollback", json={
+                                     "version": back.json()["version"]}))):
+            assert response.status_code == status
+            error_schema = answer_schema(document,
+                                         "/v1/tenants/{tenant}/templates/{name}/rollback",
+                                         "post", status)
+            validator = jsonschema_rs.Draft202012Validator(
+                {**error_schema, "components": document["components"]})
+            assert validator.is_valid(response.json())

@@ -173,6 +173,50 @@ def template_rm(name: str, tenant_text: str, url: str | None, token: str | None,
         click.echo(f"removed {name} from {tenant}")
 
 
+@template.command("history")
+@click.argument("name")
+@_tenant_option
+@client_options
+def template_history(name: str, tenant_text: str, url: str | None, token: str | None,
+                     as_json: bool) -> None:
+    """List a template's kept versions (the last 10 saves), newest first."""
+    tenant = _tenant(tenant_text)
+    versions = open_remote(url, token).call(
+        "GET", f"/v1/tenants/{_segment(tenant)}/templates/{_segment(name)}/versions").json()
+    if as_json:
+        print_json(versions)
+        return
+    Printer().table(
+        f"versions of {name} on {tenant}", ("version", "saved", "events", "current"),
+        [(str(item["version"]), _when(item["updated_at"]), ", ".join(item["events"]),
+          "yes" if number == 0 else "") for number, item in enumerate(versions)])
+
+
+@template.command("rollback")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+@_tenant_option
+@client_options
+def template_rollback(name: str, version: int | None, tenant_text: str, url: str | None,
+                      token: str | None, as_json: bool) -> None:
+    """Make an earlier kept VERSION of a template current again (default: the previous one).
+
+    The old files are saved as a new version, validated and swapped in like a push.
+    """
+    tenant = _tenant(tenant_text)
+    body: dict[str, int] = {} if version is None else {"version": version}
+    saved = open_remote(url, token).call(
+        "POST", f"/v1/tenants/{_segment(tenant)}/templates/{_segment(name)}/rollback",
+        body=body).json()
+    if as_json:
+        print_json(saved)
+        return
+    events = ", ".join(saved["events"]) or "no events"
+    source = "the previous version" if version is None else f"version {version}"
+    click.echo(f"rolled {saved['name']} back to {source} on {tenant}: now version "
+               f"{saved['version']}, handles {events}")
+
+
 # -- dispatch --------------------------------------------------------------------------------
 @click.command("dispatch")
 @click.argument("event_name", metavar="NAME")

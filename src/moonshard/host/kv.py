@@ -30,6 +30,7 @@ from moonshard.store.api import (
     KVStore,
     KVWrite,
     RunEffects,
+    TopPlace,
 )
 from moonshard.values import JsonValue
 
@@ -44,6 +45,8 @@ __all__ = [
     "MAX_BATCH_OPS",
     "MAX_PENDING_BYTES",
     "SCOPE_BYTES",
+    "TOP_LIMIT",
+    "TOP_MAX",
     "KVSession",
     "KVSizeError",
 ]
@@ -51,6 +54,9 @@ __all__ = [
 DEFAULT_SCOPE = "default"
 SCOPE_BYTES = 64
 FIND_LIMIT = 100
+# ctx.kv.top: a page of 10 by default, at most 100.
+TOP_LIMIT = 10
+TOP_MAX = 100
 # A batch is one host call; bounding it keeps one call's work and rate-limit cost bounded.
 MAX_BATCH_OPS = 100
 # Buffered writes live in memory until the run ends; this bounds what one run can hold.
@@ -135,9 +141,13 @@ class KVSession(Capability, RunScope):
                 return await self.count(arg(0))
             case "batch":
                 return await self.batch(arg(0))
+            case "top":
+                return await self.top(arg(0))
+            case "rank":
+                return await self.rank(arg(0), arg(1))
         raise HostCallError(
             f"ctx.kv has no operation {op!r} (it has get, record, set, delete, incr, expire, "
-            "find, count, batch)")
+            "find, count, top, rank, batch)")
 
     # -- operations (arguments as the template gave them, unchecked) -----------------------
     async def get(self, key: JsonValue, opts: JsonValue = None) -> JsonValue:
@@ -232,6 +242,66 @@ class KVSession(Capability, RunScope):
         results = await self._write(writes, size)
         return [_result_json(result, incr=isinstance(write, KVIncr))
                 for write, result in zip(writes, results, strict=True)]
+
+    # -- leaderboards ----------------------------------------------------------------------
+    async def top(self, opts: JsonValue = None) -> JsonValue:
+        """The records of the scope whose values are numbers, highest first, then by key;
+        ``opts.after`` (a key on the leaderboard) starts the page after that key."""
+        self._begin(1)
+        options = _options(opts, _FIND_OPTIONS)
+        scope = _scope(options)
+        limit = _top_limit(options.get("limit"))
+        after = options.get("after")
+        place: TopPlace | None = None
+        if after is not None:
+            if not isinstance(after, str):
+                raise HostCallError(
+                    f"opts.after must be a key (a string), got a {kvlogic.lua_type_name(after)}")
+            place = await self._place(scope, after)
+            if place is None:
+                raise HostCallError(
+                    f"opts.after: key {after!r} is not on the leaderboard of scope {scope!r} "
+                    "(it does not exist or its value is not a number)")
+        records = await self._top(scope, place, limit)
+        return [record.to_json() for record in records]
+
+    async def rank(self, key: JsonValue, opts: JsonValue = None) -> JsonValue:
+        """The 1-based position of ``key`` in ``top``'s order, or nil when it does not rank."""
+        self._begin(1)
+        scope = _scope(_options(opts, _SCOPE_ONLY))
+        place = await self._place(scope, _key(key, self._limits))
+        if place is None:
+            return None
+        now = self._clock()
+        ahead = await self._store.ahead(self._tenant, scope, place, now=now)
+        # The run's own writes: as with count, each changed key moves from where it was
+        # committed (its row when the run first loaded it) to where the run left it.
+        for (entry_scope, _), entry in self._pending.items():
+            if entry.dirty and entry_scope == scope:
+                ahead += _is_ahead(entry.row, place, now) - _is_ahead(entry.base, place, now)
+        return ahead + 1
+
+    async def _place(self, scope: str, key: str) -> TopPlace | None:
+        record = await self._read(scope, key)
+        number = None if record is None else kvlogic.rank_number(record.value)
+        return None if number is None else (number, key)
+
+    async def _top(self, scope: str, after: TopPlace | None, limit: int) -> list[KVRecord]:
+        now = self._clock()
+        overlay = {key: entry.row for (entry_scope, key), entry in self._pending.items()
+                   if entry.dirty and entry_scope == scope}
+        # As in _find: enough more that dropping the keys the run changed still leaves
+        # `limit` if the store has them.
+        committed = await self._store.top(self._tenant, scope, after=after,
+                                          limit=limit + len(overlay), now=now)
+        merged = {record.key: record for record in committed if record.key not in overlay}
+        start = None if after is None else kvlogic.top_order(*after)
+        for key, row in overlay.items():
+            order = _top_order(row, now)
+            if order is not None and row is not None and (start is None or order > start):
+                merged[key] = row
+        ranked = sorted(merged.values(), key=lambda record: _top_order(record, now) or (0, ""))
+        return ranked[:limit]
 
     # -- the run's end ---------------------------------------------------------------------
     def take_effects(self) -> RunEffects:
@@ -523,6 +593,28 @@ def _find_limit(value: JsonValue) -> int:
 
 def _live(row: KVRecord | None, now: float) -> int:
     return 1 if row is not None and row.is_live(now) else 0
+
+
+def _top_limit(value: JsonValue) -> int:
+    if value is None:
+        return TOP_LIMIT
+    number = _number(value, "opts.limit")
+    if number != int(number) or not 1 <= number <= TOP_MAX:
+        raise HostCallError(f"opts.limit must be a whole number from 1 to {TOP_MAX}")
+    return int(number)
+
+
+def _top_order(row: KVRecord | None, now: float) -> tuple[float, str] | None:
+    """Where a row sorts on its scope's leaderboard; None when it is not on it."""
+    if row is None or not row.is_live(now):
+        return None
+    number = kvlogic.rank_number(row.value)
+    return None if number is None else kvlogic.top_order(number, row.key)
+
+
+def _is_ahead(row: KVRecord | None, place: TopPlace, now: float) -> int:
+    order = _top_order(row, now)
+    return 1 if order is not None and order < kvlogic.top_order(*place) else 0
 
 
 def _result_json(result: KVResult, *, incr: bool = False) -> JsonValue:

@@ -25,9 +25,11 @@ __all__ = [
     "LogLineAnswer",
     "RotatedAdminToken",
     "TemplateDetail",
+    "TemplateHistory",
     "TemplateList",
     "TemplateSaved",
     "TemplateSummary",
+    "TemplateVersionAnswer",
     "TenantCountersAnswer",
     "TenantPage",
     "TenantStatus",
@@ -202,6 +204,19 @@ class TemplateSaved(_Answer):
     name: str
     version: int
     events: list[str]
+
+
+class TemplateVersionAnswer(_Answer):
+    """One kept version of a template."""
+
+    version: int = Field(description="The set version at which it was saved")
+    updated_at: float = Field(description="When it was saved (unix seconds)")
+    events: list[str]
+
+
+class TemplateHistory(RootModel[list[TemplateVersionAnswer]]):
+    """``GET .../templates/{name}/versions``: the kept versions (at most 10), newest (the
+    current one) first."""
 
 
 # -- events ----------------------------------------------------------------------------------

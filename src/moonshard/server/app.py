@@ -41,9 +41,11 @@ from moonshard.server.answers import (
     LogLineAnswer,
     RotatedAdminToken,
     TemplateDetail,
+    TemplateHistory,
     TemplateList,
     TemplateSaved,
     TemplateSummary,
+    TemplateVersionAnswer,
     TenantCountersAnswer,
     TenantPage,
     TenantStatus,
@@ -58,7 +60,14 @@ from moonshard.server.errors import ApiError, api_error_from, error_response
 from moonshard.server.logbook import LogBook, LogLine
 from moonshard.server.metrics import CONTENT_TYPE, Metrics
 from moonshard.server.middleware import BodyLimit, RequestMetrics
-from moonshard.server.models import EventBody, GatewayBody, KVBody, TemplateBody, TokenBody
+from moonshard.server.models import (
+    EventBody,
+    GatewayBody,
+    KVBody,
+    RollbackBody,
+    TemplateBody,
+    TokenBody,
+)
 from moonshard.store.api import TokenInfo, TokenStore
 from moonshard.store.tenantlog import LogQuery, levels_from
 from moonshard.tenants import TenantId
@@ -302,6 +311,26 @@ def create_app(
         """Compiles, stores and swaps in the template; answers once every later event of the
         tenant sees it. 422 ``compile_error`` with ``file`` and ``line`` when refused."""
         saved = await engine.templates.put(tenant, name, body.files, paused=body.paused)
+        return TemplateSaved(name=saved.name, version=saved.version, events=list(saved.events))
+
+    @app.get("/v1/tenants/{tenant}/templates/{name}/versions", tags=["templates"],
+             responses=_errors(*_AUTHED, 404))
+    async def template_versions(tenant: Tenant, name: str) -> TemplateHistory:
+        """The template's kept versions (the last 10 saves), newest (the current one) first."""
+        versions = await engine.templates.history(tenant, name)
+        return TemplateHistory([TemplateVersionAnswer.model_validate(version.to_json())
+                                for version in versions])
+
+    @app.post("/v1/tenants/{tenant}/templates/{name}/rollback", tags=["templates"],
+              responses=_errors(*_AUTHED, 400, 404, 409, 503))
+    async def rollback_template(tenant: Tenant, name: str,
+                                body: RollbackBody | None = None) -> TemplateSaved:
+        """Saves an earlier kept version's files as a new version (default: the previous
+        version), validated and swapped in like a ``PUT``: answers once every later event of
+        the tenant sees it. 404 for an unknown template or a version not kept, 409 when
+        there is no earlier version (or the one asked for is the current one)."""
+        version = None if body is None else body.version
+        saved = await engine.templates.rollback(tenant, name, version)
         return TemplateSaved(name=saved.name, version=saved.version, events=list(saved.events))
 
     @app.delete("/v1/tenants/{tenant}/templates/{name}", tags=["templates"], status_code=204,

@@ -8,7 +8,8 @@ errors themselves:
 | body is not JSON | 400 | ``malformed_json`` |
 | missing or unknown token | 401 | ``unauthorized`` |
 | token of another tenant; tenant token on an admin call | 403 | ``forbidden`` |
-| no such template, key, route | 404 | ``not_found`` |
+| no such template, template version, key, route (``TemplateNotFound``) | 404 | ``not_found`` |
+| ``NothingToRollBack`` | 409 | ``conflict`` |
 | ``LimitExceeded`` of a count (``template.count``, ``kv.keys``) | 409 | ``limit_exceeded`` |
 | ``LimitExceeded`` of a size (``kv.value_size``...) | 413 | ``limit_exceeded`` |
 | body over the size limit (2 MiB) | 413 | ``payload_too_large`` |
@@ -34,8 +35,10 @@ from moonshard.errors import (
     EventStopped,
     HostCallError,
     LimitExceeded,
+    NothingToRollBack,
     Overloaded,
     TemplateError,
+    TemplateNotFound,
     TenantQuarantined,
     ValueConversionError,
     WorkerCrashed,
@@ -80,6 +83,10 @@ def api_error_from(error: Exception) -> ApiError | None:
         fields = {key: value for key, value in error.to_json().items()
                   if key not in ("code", "message")}
         return ApiError(422, error.code, error.message, fields=fields)
+    if isinstance(error, TemplateNotFound):
+        return ApiError(404, "not_found", str(error))
+    if isinstance(error, NothingToRollBack):
+        return ApiError(409, "conflict", str(error))
     if isinstance(error, LimitExceeded):
         fields = {"limit": error.limit}
         if error.retry_after is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "EventBody",
     "GatewayBody",
     "KVBody",
+    "RollbackBody",
     "TemplateBody",
     "TokenBody",
     "check_wire_value",
@@ -95,6 +96,14 @@ class TemplateBody(_Body):
 
     files: dict[str, str] = Field(description="Lua source by file path; needs init.lua")
     paused: bool = False
+
+
+class RollbackBody(_Body):
+    """``POST .../templates/{name}/rollback``; an empty body rolls back to the previous
+    kept version."""
+
+    version: int | None = Field(default=None, ge=1,
+                                description="The kept version to go back to")
 
 
 class EventBody(_Body):

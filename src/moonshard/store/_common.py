@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from moonshard.errors import LimitExceeded
-from moonshard.store.api import OutboxEvent, ScheduledEvent, TokenInfo
+from moonshard.store.api import OutboxEvent, ScheduledEvent, TemplateVersion, TokenInfo
 from moonshard.templates import Template
 from moonshard.tenants import TenantId
 from moonshard.values import loads_json
@@ -23,6 +23,7 @@ __all__ = [
     "outbox_event",
     "scheduled_event",
     "template_from_row",
+    "template_version",
     "token_info",
 ]
 
@@ -37,6 +38,14 @@ def template_from_row(
     return Template(name, {path: str(source) for path, source in files_json.items()},
                     tuple(str(event) for event in events_json), bool(paused), int(version),
                     float(updated_at))
+
+
+def template_version(row: Sequence[Any]) -> TemplateVersion:
+    """A TemplateVersion from ``version, events, updated_at``."""
+    events = loads_json(row[1])
+    if not isinstance(events, list):
+        raise ValueError("a template version is stored malformed")
+    return TemplateVersion(int(row[0]), tuple(str(event) for event in events), float(row[2]))
 
 
 def check_template_count(count: int, max_templates: int) -> None:

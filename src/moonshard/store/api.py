@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_LABEL",
+    "TEMPLATE_VERSIONS_KEPT",
     "TOKEN_USE_RESOLUTION",
     "ExpiryCursor",
     "KVDelete",
@@ -46,9 +47,11 @@ __all__ = [
     "Shard",
     "Store",
     "TemplateStore",
+    "TemplateVersion",
     "TimerStore",
     "TokenInfo",
     "TokenStore",
+    "TopPlace",
     "expiry_cursor",
     "hash_token",
 ]
@@ -117,6 +120,9 @@ class KVExpire:
     at: float | None = None
 
 
+TopPlace = tuple[float, str]
+"""(number, key): a place in a leaderboard's order, highest number first, then by key."""
+
 KVWrite = KVSet | KVDelete | KVIncr | KVExpire
 KVResult = KVRecord | bool | None
 """What one write gives: see ``KVStore.apply``."""
@@ -167,6 +173,22 @@ class KVStore(abc.ABC):
         """Live keys in ``scope``, or in every scope of the tenant when ``scope`` is None."""
 
     @abc.abstractmethod
+    async def top(
+        self, tenant: TenantId, scope: str, *, after: TopPlace | None, limit: int, now: float,
+    ) -> list[KVRecord]:
+        """Live records of ``scope`` whose values rank (``kvlogic.rank_number``), highest
+        number first and by key among equal numbers, the first ``limit`` after ``after``.
+
+        Read from the ``kv_top`` index (``num_value`` descending, key): a page costs its own
+        rows, however many keys the scope holds.
+        """
+
+    @abc.abstractmethod
+    async def ahead(self, tenant: TenantId, scope: str, place: TopPlace, *, now: float) -> int:
+        """How many live ranking records of ``scope`` sort before ``place`` in ``top``'s
+        order (a key's rank is that plus one)."""
+
+    @abc.abstractmethod
     async def apply(
         self, tenant: TenantId, writes: Sequence[KVWrite], *, now: float,
         max_keys: int | None = None,
@@ -181,12 +203,40 @@ class KVStore(abc.ABC):
         """
 
 
+TEMPLATE_VERSIONS_KEPT = 10
+"""How many saves of each template are kept (the current one included) for rollback."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TemplateVersion:
+    """One kept save of a template: its version, subscriptions and when it was saved."""
+
+    version: int
+    events: tuple[str, ...]
+    updated_at: float
+
+    def to_json(self) -> dict[str, JsonValue]:
+        return {"version": self.version, "events": list(self.events),
+                "updated_at": self.updated_at}
+
+
 class TemplateStore(abc.ABC):
     """A tenant's templates as immutable, versioned sets.
 
     A template's ``version`` is the set version at which it was last written, so it is never
-    reused for a tenant, even after a delete and a new put of the same name.
+    reused for a tenant, even after a delete and a new put of the same name. Each put also
+    keeps that save as a version of the template; the newest ``TEMPLATE_VERSIONS_KEPT`` are
+    kept, older ones are pruned in the same transaction. A delete forgets them.
     """
+
+    @abc.abstractmethod
+    async def history(self, tenant: TenantId, name: str) -> list[TemplateVersion]:
+        """The kept versions of template ``name``, newest (the current one) first; empty
+        when the tenant has no such template."""
+
+    @abc.abstractmethod
+    async def version(self, tenant: TenantId, name: str, version: int) -> Template | None:
+        """The files and subscriptions of one kept version (``paused`` False), or None."""
 
     @abc.abstractmethod
     async def load_set(self, tenant: TenantId) -> TemplateSet:

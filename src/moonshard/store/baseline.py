@@ -31,12 +31,13 @@ def sqlite_baseline(path: Path, tenant: TenantId, seconds: float) -> tuple[float
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
             row = conn.execute(_KV_ROW, (kind, tenant_id, "default", key)).fetchone()
+            # The last column is num_value (the leaderboard index), as the store keeps it.
             if row is None:
                 conn.execute(_KV_INSERT, (kind, tenant_id, "default", key, dumps_json(done), 1,
-                                          now, now, None, 0))
+                                          now, now, None, 0, float(done)))
             else:
                 conn.execute(_KV_UPDATE, (dumps_json(done), row[1] + 1, row[2], now, None, 0,
-                                          kind, tenant_id, "default", key))
+                                          float(done), kind, tenant_id, "default", key))
             conn.execute("COMMIT")
             done += 1
         commits = done / (time.perf_counter() - started)

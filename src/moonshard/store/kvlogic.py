@@ -28,6 +28,9 @@ __all__ = [
     "needs_live_count",
     "plan_writes",
     "prefix_end",
+    "rank_number",
+    "rank_number_text",
+    "top_order",
     "touched_keys",
 ]
 
@@ -190,3 +193,36 @@ def prefix_end(prefix: str) -> str | None:
             return "".join(chars)
         chars.pop()
     return None
+
+
+# -- leaderboards ------------------------------------------------------------------------------
+# A value ranks (``ctx.kv.top``, ``rank``) when it is a number whose JSON text is at most 300
+# characters (every float; integers from -10^299 to 10^300 exclusive), compared as a 64-bit
+# float. The stores keep that float in ``kv.num_value`` on every write.
+_RANK_TEXT_CHARS = 300
+_RANK_INT_LOW, _RANK_INT_HIGH = -(10**299), 10**300
+_NUMBER_START = frozenset("-0123456789")
+
+
+def rank_number(value: JsonValue) -> float | None:
+    """The number ``value`` ranks by on a leaderboard, or None when it does not rank."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return float(value) if _RANK_INT_LOW < value < _RANK_INT_HIGH else None
+    return None
+
+
+def rank_number_text(encoded: str | None) -> float | None:
+    """``rank_number`` of a stored (JSON-encoded) value, without decoding it."""
+    if not encoded or encoded[0] not in _NUMBER_START or len(encoded) > _RANK_TEXT_CHARS:
+        return None
+    return float(encoded)
+
+
+def top_order(number: float, key: str) -> tuple[float, str]:
+    """Where a ranking key sorts in ``top``'s order: highest number first, then by key
+    (code point order, as the stores sort keys)."""
+    return (-number, key)

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from moonshard.errors import SchemaError
+from moonshard.store.kvlogic import rank_number_text
 
 if TYPE_CHECKING:
     import asyncpg
@@ -260,12 +261,66 @@ _POSTGRES_V3 = (
     )""",
 )
 
+# Version 4: leaderboards and template versions. ``num_value`` is the value as a number when it
+# is one (NULL otherwise), kept by every write, so ``top`` and ``rank`` read one index in
+# (number descending, key) order; existing rows are filled here. SQLite computes it with the
+# store's own Python rule (``kvlogic.rank_number_text``, registered by ``migrate_sqlite``) so a
+# migrated row and a newly written one hold the same double; PostgreSQL's text-to-double cast
+# rounds correctly, as Python's does. ``template_versions`` keeps the last saves of each
+# template (``TEMPLATE_VERSIONS_KEPT``), the current one included.
+_NUMBER_START = "('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9')"
+_SQLITE_V4 = (
+    "ALTER TABLE kv ADD COLUMN num_value REAL",
+    "UPDATE kv SET num_value = moonshard_rank_number(value)"
+    f" WHERE substr(value, 1, 1) IN {_NUMBER_START}",
+    # expires_at at the end: rank's counts (liveness included) read the index alone.
+    """CREATE INDEX kv_top ON kv (tenant_kind, tenant_id, scope, num_value DESC, key, expires_at)
+        WHERE num_value IS NOT NULL""",
+    """CREATE TABLE template_versions (
+        tenant_kind TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        files TEXT NOT NULL,
+        events TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (tenant_kind, tenant_id, name, version)
+    ) WITHOUT ROWID""",
+    "INSERT INTO template_versions (tenant_kind, tenant_id, name, version, files, events,"
+    " updated_at) SELECT tenant_kind, tenant_id, name, version, files, events, updated_at"
+    " FROM templates",
+)
+_POSTGRES_V4 = (
+    "ALTER TABLE kv ADD COLUMN num_value double precision",
+    # A JSON value that starts with a digit or '-' is a number; longer than 300 characters it
+    # is an integer too big for a double (the same rule as kvlogic.rank_number_text).
+    "UPDATE kv SET num_value = value::double precision"
+    f" WHERE left(value, 1) IN {_NUMBER_START} AND length(value) <= 300",
+    """CREATE INDEX kv_top ON kv (tenant_kind, tenant_id, scope, num_value DESC, key)
+        INCLUDE (expires_at) WHERE num_value IS NOT NULL""",
+    """CREATE TABLE template_versions (
+        tenant_kind text COLLATE "C" NOT NULL,
+        tenant_id text COLLATE "C" NOT NULL,
+        name text COLLATE "C" NOT NULL,
+        version bigint NOT NULL,
+        files text NOT NULL,
+        events text NOT NULL,
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (tenant_kind, tenant_id, name, version)
+    )""",
+    "INSERT INTO template_versions (tenant_kind, tenant_id, name, version, files, events,"
+    " updated_at) SELECT tenant_kind, tenant_id, name, version, files, events, updated_at"
+    " FROM templates",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "key-value store, templates, tenant state, tokens, scheduled events",
               _SQLITE_V1, _POSTGRES_V1),
     Migration(2, "token ids, labels and last use; one admin token; tenant logs",
               _SQLITE_V2, _POSTGRES_V2),
     Migration(3, "outbox of emitted events", _SQLITE_V3, _POSTGRES_V3),
+    Migration(4, "leaderboard index (num_value); template versions", _SQLITE_V4,
+              _POSTGRES_V4),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -305,6 +360,8 @@ def migrate_sqlite(conn: sqlite3.Connection) -> int:
         current = 0
     if not _pending(current):
         return current
+    # Migration 4 fills kv.num_value with the same rule the store's writes use.
+    conn.create_function("moonshard_rank_number", 1, rank_number_text, deterministic=True)
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(_SQLITE_VERSION_TABLE)

@@ -31,10 +31,12 @@ from moonshard.store._common import (
     outbox_event,
     scheduled_event,
     template_from_row,
+    template_version,
     token_info,
 )
 from moonshard.store.api import (
     ADMIN_LABEL,
+    TEMPLATE_VERSIONS_KEPT,
     TOKEN_USE_RESOLUTION,
     ExpiryCursor,
     KVExpire,
@@ -54,9 +56,11 @@ from moonshard.store.api import (
     Shard,
     Store,
     TemplateStore,
+    TemplateVersion,
     TimerStore,
     TokenInfo,
     TokenStore,
+    TopPlace,
     hash_token,
 )
 from moonshard.store.migrations import migrate_postgres
@@ -101,10 +105,27 @@ _KV_COUNT_ALL = (
     f"SELECT COUNT(*) FROM kv WHERE {_TENANT} AND (expires_at IS NULL OR expires_at > $3)")
 _KV_INSERT = (
     "INSERT INTO kv (tenant_kind, tenant_id, scope, key, value, version, created_at, updated_at,"
-    " expires_at, resume) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+    " expires_at, resume, num_value) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
 _KV_UPDATE = (
     "UPDATE kv SET value = $5, version = $6, created_at = $7, updated_at = $8, expires_at = $9,"
-    f" resume = $10 WHERE {_KEY}")
+    f" resume = $10, num_value = $11 WHERE {_KEY}")
+# Leaderboards: one range of the kv_top index each (see KVStore.top).
+_KV_TOP_WHERE = (
+    f"FROM kv WHERE {_TENANT} AND scope = $3 AND num_value IS NOT NULL"
+    " AND (expires_at IS NULL OR expires_at > $4)")
+_KV_TOP = f"SELECT key, {_FIELDS} {_KV_TOP_WHERE} ORDER BY num_value DESC, key LIMIT $5"
+# After (n, k): the rest of n's ties (keys above k), then the numbers below n; two index
+# ranges, where one OR of both would scan from the top. Rows: key, num_value, fields.
+_KV_TOP_PAGE_ROWS = f"SELECT key, num_value, {_FIELDS} {_KV_TOP_WHERE}"
+_KV_TOP_AFTER = (
+    f"(({_KV_TOP_PAGE_ROWS} AND num_value = $5 AND key > $6 ORDER BY key LIMIT $7)"
+    f" UNION ALL ({_KV_TOP_PAGE_ROWS} AND num_value < $5"
+    " ORDER BY num_value DESC, key LIMIT $7)) ORDER BY num_value DESC, key LIMIT $7")
+_KV_AHEAD = (
+    f"SELECT (SELECT COUNT(*) FROM kv WHERE {_TENANT} AND scope = $3 AND num_value > $4"
+    " AND (expires_at IS NULL OR expires_at > $6))"
+    f" + (SELECT COUNT(*) FROM kv WHERE {_TENANT} AND scope = $3 AND num_value = $4"
+    " AND key < $5 AND (expires_at IS NULL OR expires_at > $6))")
 _KV_DELETE = f"DELETE FROM kv WHERE {_KEY}"
 _KV_DELETE_VERSION = f"DELETE FROM kv WHERE {_KEY} AND version = $5"
 _KV_DELETE_VERSION_AT = f"{_KV_DELETE_VERSION} AND expires_at = $6"
@@ -154,6 +175,21 @@ _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_TENANT} AND name = $3"
 _SET_TENANTS = (
     "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
     " AND (tenant_kind, tenant_id) > ($1, $2) ORDER BY tenant_kind, tenant_id LIMIT $3")
+_VERSION_PUT = (
+    "INSERT INTO template_versions (tenant_kind, tenant_id, name, version, files, events,"
+    " updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+# Everything at or below the oldest version that no longer fits (none while fewer are kept).
+_VERSION_PRUNE = (
+    f"DELETE FROM template_versions WHERE {_TENANT} AND name = $3 AND version <= ("
+    f"SELECT version FROM template_versions WHERE {_TENANT} AND name = $3"
+    " ORDER BY version DESC LIMIT 1 OFFSET $4)")
+_VERSIONS = (
+    f"SELECT version, events, updated_at FROM template_versions WHERE {_TENANT}"
+    " AND name = $3 ORDER BY version DESC")
+_VERSION_GET = (
+    f"SELECT files, events, updated_at FROM template_versions WHERE {_TENANT}"
+    " AND name = $3 AND version = $4")
+_VERSIONS_DELETE = f"DELETE FROM template_versions WHERE {_TENANT} AND name = $3"
 # Serialises writers of one tenant's set: the version row is locked (or created) first.
 _SET_LOCK = (
     "INSERT INTO template_sets (tenant_kind, tenant_id, version, updated_at)"
@@ -374,6 +410,20 @@ class PostgresKVStore(_Component, KVStore):
                 _KV_COUNT_SCOPE, tenant.kind, tenant.id, scope, now)
         return int(value)
 
+    async def top(
+        self, tenant: TenantId, scope: str, *, after: TopPlace | None, limit: int, now: float,
+    ) -> list[KVRecord]:
+        if after is None:
+            rows = await self._pool.fetch(_KV_TOP, tenant.kind, tenant.id, scope, now, limit)
+            return [_record(scope, row[0], row[1:]) for row in rows]
+        rows = await self._pool.fetch(_KV_TOP_AFTER, tenant.kind, tenant.id, scope, now,
+                                      after[0], after[1], limit)
+        return [_record(scope, row[0], row[2:]) for row in rows]
+
+    async def ahead(self, tenant: TenantId, scope: str, place: TopPlace, *, now: float) -> int:
+        return int(await self._pool.fetchval(
+            _KV_AHEAD, tenant.kind, tenant.id, scope, place[0], place[1], now))
+
     async def apply(
         self, tenant: TenantId, writes: Sequence[KVWrite], *, now: float,
         max_keys: int | None = None,
@@ -423,7 +473,7 @@ async def _kv_apply(
 def _row_args(kind: str, tenant_id: str, record: KVRecord) -> tuple[object, ...]:
     return (kind, tenant_id, record.scope, record.key, kvlogic.encode_value(record.value),
             record.version, record.created_at, record.updated_at, record.expires_at,
-            record.resume)
+            record.resume, kvlogic.rank_number(record.value))
 
 
 # -- templates ---------------------------------------------------------------------------------
@@ -448,10 +498,14 @@ class PostgresTemplateStore(_Component, TemplateStore):
                     int(await conn.fetchval(_TEMPLATE_COUNT, tenant.kind, tenant.id)),
                     max_templates)
             version = int(await conn.fetchval(_SET_BUMP, tenant.kind, tenant.id, now))
+            files, events = dumps_json(dict(template.files)), dumps_json(list(template.events))
             await conn.execute(
-                _TEMPLATE_PUT, tenant.kind, tenant.id, template.name,
-                dumps_json(dict(template.files)), dumps_json(list(template.events)),
+                _TEMPLATE_PUT, tenant.kind, tenant.id, template.name, files, events,
                 template.paused, version, now)
+            await conn.execute(_VERSION_PUT, tenant.kind, tenant.id, template.name, version,
+                               files, events, now)
+            await conn.execute(_VERSION_PRUNE, tenant.kind, tenant.id, template.name,
+                               TEMPLATE_VERSIONS_KEPT)
             return await _read_set(conn, tenant)
 
         return await _retrying(self._pool, body)
@@ -463,6 +517,7 @@ class PostgresTemplateStore(_Component, TemplateStore):
             await conn.fetchval(_SET_LOCK, tenant.kind, tenant.id, now)
             if await conn.execute(_TEMPLATE_DELETE, tenant.kind, tenant.id, name) == "DELETE 0":
                 return None
+            await conn.execute(_VERSIONS_DELETE, tenant.kind, tenant.id, name)
             await conn.fetchval(_SET_BUMP, tenant.kind, tenant.id, now)
             return await _read_set(conn, tenant)
 
@@ -472,6 +527,15 @@ class PostgresTemplateStore(_Component, TemplateStore):
         start = ("", "") if after is None else (after.kind, after.id)
         rows = await self._pool.fetch(_SET_TENANTS, *start, limit)
         return [TenantId(row[0], row[1]) for row in rows]
+
+    async def history(self, tenant: TenantId, name: str) -> list[TemplateVersion]:
+        rows = await self._pool.fetch(_VERSIONS, tenant.kind, tenant.id, name)
+        return [template_version(tuple(row)) for row in rows]
+
+    async def version(self, tenant: TenantId, name: str, version: int) -> Template | None:
+        row = await self._pool.fetchrow(_VERSION_GET, tenant.kind, tenant.id, name, version)
+        return None if row is None else template_from_row(name, row[0], row[1], False,
+                                                          version, row[2])
 
 
 async def _read_set(conn: _Connection, tenant: TenantId) -> TemplateSet:

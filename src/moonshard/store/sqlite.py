@@ -30,11 +30,13 @@ from moonshard.store._common import (
     outbox_event,
     scheduled_event,
     template_from_row,
+    template_version,
     token_info,
 )
 from moonshard.store._sqlitethread import ConnectionThreads
 from moonshard.store.api import (
     ADMIN_LABEL,
+    TEMPLATE_VERSIONS_KEPT,
     TOKEN_USE_RESOLUTION,
     ExpiryCursor,
     KVExpire,
@@ -54,9 +56,11 @@ from moonshard.store.api import (
     Shard,
     Store,
     TemplateStore,
+    TemplateVersion,
     TimerStore,
     TokenInfo,
     TokenStore,
+    TopPlace,
     hash_token,
 )
 from moonshard.store.migrations import migrate_sqlite
@@ -91,10 +95,24 @@ _KV_COUNT_SCOPE = f"SELECT COUNT(*) FROM kv WHERE {_KV_TENANT} AND scope = ? AND
 _KV_COUNT_ALL = f"SELECT COUNT(*) FROM kv WHERE {_KV_TENANT} AND {_LIVE}"
 _KV_INSERT = (
     "INSERT INTO kv (tenant_kind, tenant_id, scope, key, value, version, created_at, updated_at,"
-    " expires_at, resume) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    " expires_at, resume, num_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _KV_UPDATE = (
     "UPDATE kv SET value = ?, version = ?, created_at = ?, updated_at = ?, expires_at = ?,"
-    f" resume = ? WHERE {_KV_KEY}")
+    f" resume = ?, num_value = ? WHERE {_KV_KEY}")
+# Leaderboards: one range of the kv_top index each (see KVStore.top).
+# INDEXED BY: for the ties after a key, the planner would rather range over the primary key
+# (key > ?), which reads every later key of the scope.
+_KV_TOP_ROWS = (
+    f"SELECT key, {_KV_FIELDS} FROM kv INDEXED BY kv_top WHERE {_KV_TENANT} AND scope = ?"
+    f" AND num_value IS NOT NULL AND {_LIVE}")
+_KV_TOP = f"{_KV_TOP_ROWS} ORDER BY num_value DESC, key LIMIT ?"
+_KV_TOP_TIED = f"{_KV_TOP_ROWS} AND num_value = ? AND key > ? ORDER BY key LIMIT ?"
+_KV_TOP_BELOW = f"{_KV_TOP_ROWS} AND num_value < ? ORDER BY num_value DESC, key LIMIT ?"
+_KV_AHEAD = (
+    "SELECT (SELECT COUNT(*) FROM kv INDEXED BY kv_top WHERE tenant_kind = ?1 AND tenant_id = ?2"
+    " AND scope = ?3 AND num_value > ?4 AND (expires_at IS NULL OR expires_at > ?6))"
+    " + (SELECT COUNT(*) FROM kv INDEXED BY kv_top WHERE tenant_kind = ?1 AND tenant_id = ?2"
+    " AND scope = ?3 AND num_value = ?4 AND key < ?5 AND (expires_at IS NULL OR expires_at > ?6))")
 _KV_DELETE = f"DELETE FROM kv WHERE {_KV_KEY}"
 _KV_DELETE_VERSION = f"DELETE FROM kv WHERE {_KV_KEY} AND version = ?"
 _KV_DELETE_VERSION_AT = f"{_KV_DELETE_VERSION} AND expires_at = ?"
@@ -137,6 +155,21 @@ _TEMPLATE_DELETE = f"DELETE FROM templates WHERE {_KV_TENANT} AND name = ?"
 _SET_TENANTS = (
     "SELECT tenant_kind, tenant_id FROM template_sets WHERE version > 0"
     " AND (tenant_kind, tenant_id) > (?, ?) ORDER BY tenant_kind, tenant_id LIMIT ?")
+_VERSION_PUT = (
+    "INSERT INTO template_versions (tenant_kind, tenant_id, name, version, files, events,"
+    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+# Everything at or below the oldest version that no longer fits (none while fewer are kept).
+_VERSION_PRUNE = (
+    "DELETE FROM template_versions WHERE tenant_kind = ?1 AND tenant_id = ?2 AND name = ?3"
+    " AND version <= (SELECT version FROM template_versions WHERE tenant_kind = ?1"
+    " AND tenant_id = ?2 AND name = ?3 ORDER BY version DESC LIMIT 1 OFFSET ?4)")
+_VERSIONS = (
+    f"SELECT version, events, updated_at FROM template_versions WHERE {_KV_TENANT}"
+    " AND name = ? ORDER BY version DESC")
+_VERSION_GET = (
+    f"SELECT files, events, updated_at FROM template_versions WHERE {_KV_TENANT}"
+    " AND name = ? AND version = ?")
+_VERSIONS_DELETE = f"DELETE FROM template_versions WHERE {_KV_TENANT} AND name = ?"
 
 # -- tokens ------------------------------------------------------------------------------------
 _TOKEN_FIELDS = "tenant_kind, tenant_id, created_at, id, label, last_used_at"
@@ -319,6 +352,16 @@ class SqliteKVStore(_Component, KVStore):
     async def count(self, tenant: TenantId, scope: str | None, *, now: float) -> int:
         return await self._reader.run(_kv_count, tenant, scope, now)
 
+    async def top(
+        self, tenant: TenantId, scope: str, *, after: TopPlace | None, limit: int, now: float,
+    ) -> list[KVRecord]:
+        return await self._reader.run(_kv_top, tenant, scope, after, limit, now)
+
+    async def ahead(self, tenant: TenantId, scope: str, place: TopPlace, *, now: float) -> int:
+        row = await self._reader.run(
+            _fetch_all, _KV_AHEAD, (tenant.kind, tenant.id, scope, place[0], place[1], now))
+        return int(row[0][0])
+
     async def apply(
         self, tenant: TenantId, writes: Sequence[KVWrite], *, now: float,
         max_keys: int | None = None,
@@ -390,6 +433,24 @@ def _kv_count(
     return int(row[0])
 
 
+def _kv_top(
+    conn: sqlite3.Connection, tenant: TenantId, scope: str, after: TopPlace | None,
+    limit: int, now: float,
+) -> list[KVRecord]:
+    params = (tenant.kind, tenant.id, scope, now)
+    if after is None:
+        rows = conn.execute(_KV_TOP, (*params, limit)).fetchall()
+    else:
+        # After (n, k): the rest of n's ties (keys above k), then the numbers below n. Two
+        # index ranges, where one OR of both would scan from the top.
+        with _snapshot(conn):
+            rows = conn.execute(_KV_TOP_TIED, (*params, after[0], after[1], limit)).fetchall()
+            if len(rows) < limit:
+                rows += conn.execute(
+                    _KV_TOP_BELOW, (*params, after[0], limit - len(rows))).fetchall()
+    return [_record(scope, row[0], row[1:]) for row in rows]
+
+
 def _kv_apply(
     conn: sqlite3.Connection, tenant: TenantId, writes: tuple[KVWrite, ...], now: float,
     max_keys: int | None,
@@ -413,12 +474,12 @@ def _kv_apply(
         conn.execute(_KV_INSERT, (
             kind, tenant_id, record.scope, record.key, kvlogic.encode_value(record.value),
             record.version, record.created_at, record.updated_at, record.expires_at,
-            int(record.resume)))
+            int(record.resume), kvlogic.rank_number(record.value)))
     for record in plan.updates:
         conn.execute(_KV_UPDATE, (
             kvlogic.encode_value(record.value), record.version, record.created_at,
-            record.updated_at, record.expires_at, int(record.resume), kind, tenant_id,
-            record.scope, record.key))
+            record.updated_at, record.expires_at, int(record.resume),
+            kvlogic.rank_number(record.value), kind, tenant_id, record.scope, record.key))
     if plan.row_delta:
         conn.execute(_KV_ROWS_ADD, (kind, tenant_id, plan.row_delta))
     return plan.results
@@ -445,6 +506,16 @@ class SqliteTemplateStore(_Component, TemplateStore):
         rows = await self._reader.run(_fetch_all, _SET_TENANTS, (*start, limit))
         return [TenantId(row[0], row[1]) for row in rows]
 
+    async def history(self, tenant: TenantId, name: str) -> list[TemplateVersion]:
+        rows = await self._reader.run(_fetch_all, _VERSIONS, (tenant.kind, tenant.id, name))
+        return [template_version(row) for row in rows]
+
+    async def version(self, tenant: TenantId, name: str, version: int) -> Template | None:
+        rows = await self._reader.run(
+            _fetch_all, _VERSION_GET, (tenant.kind, tenant.id, name, version))
+        return None if not rows else template_from_row(name, rows[0][0], rows[0][1], False,
+                                                       version, rows[0][2])
+
 
 def _load_set_snapshot(conn: sqlite3.Connection, tenant: TenantId) -> TemplateSet:
     with _snapshot(conn):  # the version and the templates from one snapshot
@@ -470,9 +541,11 @@ def _put_template(
                              max_templates)
     # fetchall: a RETURNING statement must run to its end before the transaction can commit.
     version = int(conn.execute(_SET_BUMP, (*params, now)).fetchall()[0][0])
+    files, events = dumps_json(dict(template.files)), dumps_json(list(template.events))
     conn.execute(_TEMPLATE_PUT, (
-        *params, template.name, dumps_json(dict(template.files)),
-        dumps_json(list(template.events)), int(template.paused), version, now))
+        *params, template.name, files, events, int(template.paused), version, now))
+    conn.execute(_VERSION_PUT, (*params, template.name, version, files, events, now))
+    conn.execute(_VERSION_PRUNE, (*params, template.name, TEMPLATE_VERSIONS_KEPT))
     return _read_set(conn, tenant)
 
 
@@ -482,6 +555,7 @@ def _delete_template(
     params = (tenant.kind, tenant.id)
     if conn.execute(_TEMPLATE_DELETE, (*params, name)).rowcount == 0:
         return None
+    conn.execute(_VERSIONS_DELETE, (*params, name))
     conn.execute(_SET_BUMP, (*params, now)).fetchall()
     return _read_set(conn, tenant)
 

@@ -942,7 +942,7 @@ local function capability(family, ops)
 end
 
 local KV = capability("kv", {
-  "get", "record", "set", "delete", "incr", "expire", "find", "count", "batch",
+  "get", "record", "set", "delete", "incr", "expire", "find", "count", "top", "rank", "batch",
 })
 local EVENTS = capability("events", {"emit", "schedule", "cancel"})
 -- The Discord actions are named by the Discord integration; any name reaches the host,
