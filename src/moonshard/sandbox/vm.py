@@ -22,11 +22,8 @@ from moonshard.values import JsonValue
 
 __all__ = ["HostRequest", "LogSink", "LuaRun", "TenantVM"]
 
-# Instructions between two checks of the CPU clock. Each check is a call into Python (it takes
-# the GIL), so fewer checks let Lua threads and the worker's loop share the GIL better; 10,000
-# instructions are 20-100 µs of Lua, far below any CPU limit. (The standing cost of a count
-# hook is Lua 5.4's per-instruction trap, whatever the count: see docs/BENCHMARKS.md.)
-_HOOK_COUNT = 10_000
+# Instructions between two checks of the CPU clock (the hook itself costs little per tick).
+_HOOK_COUNT = 1000
 # How the host talks about a broken limit (the kernel prefixes the template's file and line).
 _LIMIT_MESSAGES = MappingProxyType({
     "memory": "memory limit exceeded", "cpu": "cpu time limit exceeded"})
