@@ -78,17 +78,29 @@ class TemplateSet:
     tenant: TenantId
     version: int = 0
     templates: tuple[Template, ...] = ()
+    # event name -> its active subscribers in name order: computed once per set, since every
+    # event asks (the set never changes).
+    _by_event: Mapping[str, tuple[Template, ...]] = dataclasses.field(
+        init=False, repr=False, compare=False, default_factory=dict)
+    _subscriptions: frozenset[str] = dataclasses.field(
+        init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.templates, key=lambda template: template.name))
         object.__setattr__(self, "templates", ordered)
+        by_event: dict[str, list[Template]] = {}
+        for template in ordered:
+            if not template.paused:
+                for event in template.events:
+                    by_event.setdefault(event, []).append(template)
+        object.__setattr__(self, "_by_event", MappingProxyType(
+            {event: tuple(templates) for event, templates in by_event.items()}))
+        object.__setattr__(self, "_subscriptions", frozenset(by_event))
 
     @property
     def subscriptions(self) -> frozenset[str]:
         """Event names that at least one active (not paused) template handles."""
-        return frozenset(
-            event for template in self.templates if not template.paused
-            for event in template.events)
+        return self._subscriptions
 
     def get(self, name: str) -> Template | None:
         for template in self.templates:
@@ -97,9 +109,7 @@ class TemplateSet:
         return None
 
     def subscribers(self, event_name: str) -> tuple[Template, ...]:
-        return tuple(
-            template for template in self.templates
-            if not template.paused and event_name in template.events)
+        return self._by_event.get(event_name, ())
 
     def with_template(self, template: Template, version: int) -> TemplateSet:
         others = (existing for existing in self.templates if existing.name != template.name)

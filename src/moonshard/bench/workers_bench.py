@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 
 from moonshard.bench.baselines import RawLupaTenants, ThreadPerTenant
 from moonshard.bench.load import LoadResult, closed_loop
-from moonshard.bench.measure import Figure, mean
+from moonshard.bench.measure import Figure, mean, rss_bytes
 from moonshard.bench.partial import PartialRun
 from moonshard.bench.scratch import scratch_sqlite
 from moonshard.engine import Engine
@@ -59,10 +60,14 @@ class WorkersScale:
     seconds: float
     raw_calls: int
     recoveries: int
+    # The old strategy is measured again at this many tenants (threads), with its memory.
+    old_tenants_large: int = 0
 
 
-FULL = WorkersScale(tenants=1000, in_flight=64, seconds=6.0, raw_calls=300_000, recoveries=6)
-QUICK = WorkersScale(tenants=200, in_flight=64, seconds=1.0, raw_calls=30_000, recoveries=2)
+FULL = WorkersScale(tenants=1000, in_flight=64, seconds=6.0, raw_calls=300_000, recoveries=6,
+                    old_tenants_large=10_000)
+QUICK = WorkersScale(tenants=200, in_flight=64, seconds=1.0, raw_calls=30_000, recoveries=2,
+                     old_tenants_large=2_000)
 _TOPOLOGIES: tuple[tuple[Topology, int], ...] = (
     ("thread", 1), ("thread", 2), ("process", 1), ("process", 2))
 
@@ -85,20 +90,55 @@ async def _run(scale: WorkersScale) -> list[Figure]:
         raw = RawLupaTenants([COUNTER_TEMPLATE] * len(tenants), _EVENT)
         raw_seconds = raw.time_calls(scale.raw_calls)
         raw_rate = scale.raw_calls / raw_seconds
+        sample = Event(_EVENT)
+        raw_converted_rate = scale.raw_calls / raw.time_converted_calls(
+            scale.raw_calls, sample.name, sample.id, sample.at, {})
         raw_build_rate = len(raw) / raw.build_seconds
         del raw
-        old = await _thread_per_tenant(len(tenants), scale)
+        old, old_idle, old_memory = await _thread_per_tenant(len(tenants), scale)
         shape = f"{scale.tenants:,} tenants, {scale.in_flight} in flight"
+        old_name = f"old strategy: {scale.tenants:,} threads, one runtime and queue each"
+        large: tuple[int, LoadResult, float] | None = None
+        if scale.old_tenants_large:
+            large_old, _, large_memory = await _thread_per_tenant(scale.old_tenants_large, scale)
+            large = (scale.old_tenants_large, large_old, large_memory)
         for topology, workers in _TOPOLOGIES:
             label = f"{topology} ×{workers}"
-            cold, warm = await _engine_load(url, topology, workers, tenants, scale)
+            cold, warm, extra = await _engine_load(url, topology, workers, tenants, scale)
+            if extra is not None:
+                figures += [
+                    Figure(_SUITE, f"dispatches/s vs raw lupa converting the event, {label}, "
+                           f"{shape}", warm.per_second, "dispatches/s", raw_converted_rate,
+                           "raw lupa: the event converted to a Lua table, then the handler "
+                           "called, pre-built runtimes, one thread"),
+                    Figure(_SUITE, f"awaited dispatch latency p99 on an idle engine, {label}, "
+                           "1 in flight", extra.idle.latency(0.99) * 1e3, "ms",
+                           old_idle.latency(0.99) * 1e3, "old strategy, 1 in flight"),
+                    Figure(_SUITE, f"cold start: first dispatch to a tenant whose template is "
+                           f"stored, mean, {label}, 1 in flight", mean(list(
+                               extra.cold.latencies)) * 1e3, "ms", 1e3 / raw_build_rate,
+                           "raw lupa: create runtime + load template, one thread"),
+                    Figure(_SUITE, f"memory per resident tenant VM, {label} (process RSS "
+                           "growth / tenants)", extra.memory_per_vm / 1024, "KiB",
+                           old_memory / 1024, old_name),
+                ]
+                if large is not None:
+                    large_name = (f"old strategy: {large[0]:,} threads, one runtime and queue "
+                                  "each")
+                    figures += [
+                        Figure(_SUITE, f"dispatches/s vs thread per tenant at {large[0]:,} "
+                               f"tenants, {label}, {shape}", warm.per_second, "dispatches/s",
+                               large[1].per_second, large_name),
+                        Figure(_SUITE, f"memory per resident tenant VM, {label}, vs the old "
+                               f"strategy at {large[0]:,} tenants", extra.memory_per_vm / 1024,
+                               "KiB", large[2] / 1024, large_name),
+                    ]
             figures += [
                 Figure(_SUITE, f"dispatches/s vs raw lupa, {label}, {shape}", warm.per_second,
                        "dispatches/s", raw_rate,
                        "raw lupa: same handler on pre-built runtimes, one thread"),
                 Figure(_SUITE, f"dispatches/s vs thread per tenant, {label}, {shape}",
-                       warm.per_second, "dispatches/s", old.per_second,
-                       f"old strategy: {scale.tenants:,} threads, one runtime and queue each"),
+                       warm.per_second, "dispatches/s", old.per_second, old_name),
                 Figure(_SUITE, f"dispatch latency p50, {label}, {shape}",
                        warm.latency(0.5) * 1e3, "ms", old.latency(0.5) * 1e3,
                        "old strategy: thread per tenant, same driver"),
@@ -124,13 +164,21 @@ async def _store_templates(url: str, tenants: Sequence[TenantId]) -> None:
             await store.templates.put(tenant, template)
 
 
-async def _thread_per_tenant(tenants: int, scale: WorkersScale) -> LoadResult:
+async def _thread_per_tenant(tenants: int, scale: WorkersScale,
+                             ) -> tuple[LoadResult, LoadResult, float]:
+    """The old strategy's closed loop, one call at a time, and its process RSS growth per
+    tenant (bytes)."""
+    gc.collect()
+    before = rss_bytes()
     old = ThreadPerTenant([COUNTER_TEMPLATE] * tenants, _EVENT)
     await asyncio.to_thread(old.start)
+    memory = (rss_bytes() - before) / tenants
     try:
         async def call(lane: int, number: int) -> None:
             await old.call(number % tenants)
-        return await closed_loop(call, in_flight=scale.in_flight, seconds=scale.seconds)
+        loaded = await closed_loop(call, in_flight=scale.in_flight, seconds=scale.seconds)
+        idle = await closed_loop(call, in_flight=1, seconds=scale.seconds / 2)
+        return loaded, idle, memory
     finally:
         await asyncio.to_thread(old.stop)
 
@@ -145,17 +193,37 @@ async def _dispatch_ok(engine: Engine, tenant: TenantId) -> None:
         raise RuntimeError(f"a benchmark dispatch to {tenant} failed: {results}")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OneWorkerFigures:
+    """Measured on the thread topology with one worker only (its VMs live in this process)."""
+
+    cold: LoadResult      # the first dispatch to each tenant, one at a time
+    idle: LoadResult      # one dispatch at a time to a warm engine
+    memory_per_vm: float  # process RSS growth per resident VM, bytes
+
+
 async def _engine_load(url: str, topology: Topology, workers: int, tenants: Sequence[TenantId],
-                       scale: WorkersScale) -> tuple[LoadResult, LoadResult]:
-    """(the first dispatch to each tenant, the steady closed loop) on one engine."""
+                       scale: WorkersScale,
+                       ) -> tuple[LoadResult, LoadResult, _OneWorkerFigures | None]:
+    """(the first dispatch to each tenant, the steady closed loop, and for thread ×1 the
+    one-at-a-time figures) on one engine."""
+    single = topology == "thread" and workers == 1
     async with Engine.open(url, topology=topology, workers=workers, log=_quiet,
                            max_resident_vms=max(2000, len(tenants))) as engine:
         async def call(lane: int, number: int) -> None:
             await _dispatch_ok(engine, tenants[number % len(tenants)])
 
-        cold = await closed_loop(call, in_flight=scale.in_flight, count=len(tenants))
+        gc.collect()
+        before = rss_bytes()
+        cold = await closed_loop(call, in_flight=1 if single else scale.in_flight,
+                                 count=len(tenants))
+        memory = (rss_bytes() - before) / len(tenants)
         warm = await closed_loop(call, in_flight=scale.in_flight, seconds=scale.seconds)
-    return cold, warm
+        extra = None
+        if single:
+            idle = await closed_loop(call, in_flight=1, seconds=scale.seconds / 2)
+            extra = _OneWorkerFigures(cold, idle, memory)
+    return cold, warm, extra
 
 
 async def _recovery_figures(url: str, tenants: Sequence[TenantId], samples: int) -> list[Figure]:

@@ -19,12 +19,14 @@ __all__ = ["PendingCalls"]
 
 
 class _Call:
-    __slots__ = ("on_start", "reply", "started")
+    __slots__ = ("noted", "on_start", "reply", "started")
 
     def __init__(self, reply: asyncio.Future[Reply], on_start: Callable[[], None] | None) -> None:
         self.reply = reply
         self.on_start = on_start
         self.started = False
+        # Set from another thread by note_started (a plain attribute write).
+        self.noted = False
 
 
 class PendingCalls:
@@ -53,14 +55,24 @@ class PendingCalls:
             if call.on_start is not None:
                 call.on_start()
 
+    def note_started(self, call_id: int) -> None:
+        """From any thread: the call began. Its ``on_start`` runs on the owner's loop before
+        the call's reply or failure is delivered (which is when anyone can ask), so a start
+        costs no wake-up of the owner's loop of its own."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.noted = True
+
     def answered(self, call_id: int, reply: Reply) -> None:
         call = self._calls.pop(call_id, None)
         if call is not None and not call.reply.done():
+            _run_noted_start(call)
             call.reply.set_result(reply)
 
     def failed(self, call_id: int, error: MoonshardError) -> None:
         call = self._calls.pop(call_id, None)
         if call is not None and not call.reply.done():
+            _run_noted_start(call)
             call.reply.set_exception(error)
 
     def forget(self, call_id: int) -> None:
@@ -72,4 +84,12 @@ class PendingCalls:
         calls, self._calls = self._calls, {}
         for call in calls.values():
             if not call.reply.done():
+                _run_noted_start(call)
                 call.reply.set_exception(crash)
+
+
+def _run_noted_start(call: _Call) -> None:
+    if call.noted and not call.started:
+        call.started = True
+        if call.on_start is not None:
+            call.on_start()

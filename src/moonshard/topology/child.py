@@ -33,7 +33,7 @@ from moonshard.contracts.wire import (
 from moonshard.contracts.worker import Request, Stop
 from moonshard.store import open_store
 from moonshard.tenants import TenantId
-from moonshard.topology.framing import read_frame, write_frame
+from moonshard.topology.framing import FrameWriter, read_frame
 from moonshard.worker.core import WorkerCore
 
 __all__ = ["EXIT_STUCK", "main"]
@@ -47,12 +47,13 @@ class _Child:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._codec = WireCodec()
-        self._writer: asyncio.StreamWriter | None = None
+        self._frames: FrameWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _send(self, frame: Frame) -> None:
-        if self._writer is not None and not self._writer.is_closing():
-            write_frame(self._writer, self._codec, frame)
+        # Frames of one turn of the loop go out in one write.
+        if self._frames is not None and not self._frames.writer.is_closing():
+            self._frames.send(frame)
 
     def _log(self, tenant: TenantId, level: str, template: str, message: str) -> None:
         self._send(Log(tenant, level, template, message))
@@ -69,7 +70,7 @@ class _Child:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._writer = writer
+        self._frames = frames = FrameWriter(writer, self._codec)
         first = await read_frame(reader, self._codec)
         if not isinstance(first, Configure):
             return  # the parent went away before configuring this worker
@@ -79,6 +80,7 @@ class _Child:
         async with await open_store(config.database_url) as store:
             await self._serve_core(WorkerCore(config, store, self._log, self._on_stuck),
                                    reader)
+            frames.flush()
             await writer.drain()
 
     async def _serve_core(self, core: WorkerCore, reader: asyncio.StreamReader) -> None:
@@ -106,8 +108,8 @@ class _Child:
             self._send(Failed(call_id, error_to_wire(error)))
         else:
             self._send(Answer(call_id, reply))
-        if self._writer is not None:
-            await self._writer.drain()
+        if self._frames is not None:
+            await self._frames.drain()
 
 
 def _die_with_parent(parent: int) -> None:

@@ -46,7 +46,7 @@ from moonshard.errors import WorkerCrashed
 from moonshard.tenants import TenantId
 from moonshard.topology.calls import PendingCalls
 from moonshard.topology.child import EXIT_STUCK
-from moonshard.topology.framing import read_frame, write_frame
+from moonshard.topology.framing import FrameWriter, read_frame, write_frame
 
 __all__ = ["Liveness", "ProcessWorker"]
 
@@ -73,6 +73,7 @@ class ProcessWorker(WorkerHandle):
         self._calls = PendingCalls()
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._frames: FrameWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[int] | None = None
@@ -105,6 +106,7 @@ class ProcessWorker(WorkerHandle):
             child_end.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=parent_end)
         write_frame(self._writer, self._codec, Configure(self._config))
+        self._frames = FrameWriter(self._writer, self._codec)
         self._ready = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.create_task(self._read(reader))
         waiting: set[asyncio.Future[Any]] = {self._ready, self._reader_task}
@@ -175,9 +177,11 @@ class ProcessWorker(WorkerHandle):
                       on_start: Callable[[], None] | None = None) -> Reply:
         if self._writer is None or self._exit is not None or self._writer.is_closing():
             raise WorkerCrashed(f"worker {self._config.index} is not running")
+        frames = self._frames
+        assert frames is not None
         call_id, reply = self._calls.open(on_start)
         try:
-            write_frame(self._writer, self._codec, Call(call_id, request))
+            frames.send(Call(call_id, request))
             return await reply
         finally:
             self._calls.forget(call_id)

@@ -9,10 +9,11 @@ process topology.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from moonshard.contracts.worker import (
     Reply,
@@ -29,6 +30,40 @@ from moonshard.topology.calls import PendingCalls
 from moonshard.worker.core import WorkerCore
 
 __all__ = ["ThreadWorker"]
+
+_T = TypeVar("_T")
+
+
+class _Batches(Generic[_T]):
+    """Items handed from one thread to a loop on another: one wake-up of that loop carries
+    every item posted since the last, so a busy worker pays one loop wake-up per batch of
+    requests and one per batch of answers, not one per call."""
+
+    __slots__ = ("_items", "_lock", "_loop", "_scheduled", "_take")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 take: Callable[[list[_T]], None]) -> None:
+        self._loop = loop
+        self._take = take
+        self._lock = threading.Lock()
+        self._items: list[_T] = []
+        self._scheduled = False
+
+    def post(self, item: _T) -> None:
+        """From any thread; raises RuntimeError when the loop is closed."""
+        with self._lock:
+            self._items.append(item)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self.flush)
+
+    def flush(self) -> None:
+        """On the loop: hands every posted item over."""
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        if items:
+            self._take(items)
 
 
 class ThreadWorker(WorkerHandle):
@@ -58,6 +93,7 @@ class ThreadWorker(WorkerHandle):
         owner = asyncio.get_running_loop()
         self._exit = owner.create_future()
         self._owner = owner
+        self._outbox = _Batches(owner, self._settle)
         self._thread.start()
         await asyncio.to_thread(self._ready.wait)
         if self._start_error is not None:
@@ -78,6 +114,7 @@ class ThreadWorker(WorkerHandle):
 
     def _finish(self, outcome: str) -> None:
         assert self._exit is not None
+        self._outbox.flush()  # answers given before the end are answers, not losses
         if not self._exit.done():
             self._exit.set_result(outcome)
         self._calls.crashed(WorkerCrashed(f"worker {self._config.index} ended: {outcome}"))
@@ -86,45 +123,68 @@ class ThreadWorker(WorkerHandle):
         async with await open_store(self._config.database_url) as store:
             self._core = WorkerCore(self._config, store, self._log)
             self._loop = asyncio.get_running_loop()
+            self._inbox = _Batches(self._loop, self._take_requests)
+            # The tasks of the requests being handled (the loop holds tasks weakly).
+            self._running: set[asyncio.Task[Reply]] = set()
             self._ready.set()
             await self._core.run()
 
     async def request(self, request: Request,
                       on_start: Callable[[], None] | None = None) -> Reply:
-        core, loop, owner = self._core, self._loop, self._owner
+        core, loop = self._core, self._loop
         if core is None or loop is None or loop.is_closed() or (
                 self._exit is not None and self._exit.done()):
             raise WorkerCrashed(f"worker {self._config.index} is not running")
         call_id, reply = self._calls.open(on_start)
-
-        def started() -> None:
-            owner.call_soon_threadsafe(self._calls.started, call_id)
-
-        def finished(done: concurrent.futures.Future[Reply]) -> None:
-            owner.call_soon_threadsafe(self._settle, call_id, done)
-
         try:
-            future = asyncio.run_coroutine_threadsafe(core.handle(request, started), loop)
+            self._inbox.post((call_id, request))
         except RuntimeError:
             self._calls.forget(call_id)
             raise WorkerCrashed(f"worker {self._config.index} is not running") from None
-        future.add_done_callback(finished)
         try:
             return await reply
         finally:
             self._calls.forget(call_id)
 
-    def _settle(self, call_id: int, done: concurrent.futures.Future[Reply]) -> None:
+    # -- on the worker's loop ----------------------------------------------------------------
+    def _take_requests(self, requests: list[tuple[int, Request]]) -> None:
+        assert self._core is not None
+        assert self._loop is not None
+        core, calls, loop, running = self._core, self._calls, self._loop, self._running
+        for call_id, request in requests:
+            def started(call_id: int = call_id) -> None:
+                calls.note_started(call_id)
+
+            task = loop.create_task(core.handle(request, started))
+            running.add(task)
+            task.add_done_callback(functools.partial(self._answer, call_id))
+
+    def _answer(self, call_id: int, done: asyncio.Task[Reply]) -> None:
+        self._running.discard(done)
         if done.cancelled():
             return  # the worker's loop ended first: its end fails the call
         error = done.exception()
         if error is None:
-            self._calls.answered(call_id, done.result())
+            answer: tuple[int, Reply | None, MoonshardError | None] = (
+                call_id, done.result(), None)
         elif isinstance(error, MoonshardError):
-            self._calls.failed(call_id, error)
+            answer = (call_id, None, error)
         else:
-            self._calls.failed(call_id, MoonshardError(
+            answer = (call_id, None, MoonshardError(
                 f"internal error in the worker: {type(error).__name__}"))
+        # The owner's loop is gone: so is whoever waited.
+        with contextlib.suppress(RuntimeError):
+            self._outbox.post(answer)
+
+    # -- on the owner's loop -----------------------------------------------------------------
+    def _settle(self, answers: list[tuple[int, Reply | None, MoonshardError | None]]) -> None:
+        calls = self._calls
+        for call_id, reply, error in answers:
+            if error is None:
+                assert reply is not None
+                calls.answered(call_id, reply)
+            else:
+                calls.failed(call_id, error)
 
     async def wait_exit(self) -> str:
         assert self._exit is not None

@@ -33,6 +33,8 @@ __all__ = ["ActorServices", "BuildReason", "Deliver", "FireTimer", "Job", "Tenan
            "WarmUp", "no_subscriber"]
 
 _log = logging.getLogger(__name__)
+# Step runners an actor keeps (one per event name it ran).
+_RUNNERS_KEPT = 64
 
 
 class BuildReason(enum.Enum):
@@ -89,8 +91,9 @@ class ActorServices:
 class TenantActor:
     """A tenant's mailbox, template set and VM within one worker."""
 
-    __slots__ = ("_services", "abandoned", "build_reason", "busy", "consumer", "current",
-                 "last_used", "mailbox", "rate_limiter", "template_set", "tenant", "vm")
+    __slots__ = ("_runners", "_services", "abandoned", "build_reason", "busy", "consumer",
+                 "current", "last_used", "mailbox", "rate_limiter", "template_set", "tenant",
+                 "vm")
 
     def __init__(self, tenant: TenantId, services: ActorServices, mailbox_size: int) -> None:
         self.tenant = tenant
@@ -106,6 +109,8 @@ class TenantActor:
         self.rate_limiter = GcraLimiter()
         self.current: Job | None = None
         self.abandoned = False
+        # A step runner per event name, made once (a dispatch would otherwise make one).
+        self._runners: dict[str, Any] = {}
 
     @property
     def idle(self) -> bool:
@@ -240,12 +245,20 @@ class TenantActor:
                       event: Event) -> list[HandlerResult]:
         services = self._services
         results = await services.runner.run_event(
-            vm, template_set, event, self.rate_limiter, services.step_runner(self, event.name))
+            vm, template_set, event, self.rate_limiter, self._step_runner(event.name))
         if vm.broken is not None and self.vm is vm:
             self.vm = None
             self._tenant_log("warn", "-", f"VM discarded after breaking its {vm.broken} limit; "
                              "it is rebuilt on the next event")
         return results
+
+    def _step_runner(self, what: str) -> Any:
+        runner = self._runners.get(what)
+        if runner is None:
+            if len(self._runners) >= _RUNNERS_KEPT:
+                self._runners.clear()
+            runner = self._runners[what] = self._services.step_runner(self, what)
+        return runner
 
     def _tenant_log(self, level: str, template: str, message: str) -> None:
         self._services.log(self.tenant, level, template, message)

@@ -1,18 +1,21 @@
-"""Where a worker's Lua steps run: a small thread pool, every step watched by the hard limit.
+"""Where a worker's Lua steps run: a few Lua threads, every step watched by the hard limit.
 
 Each step is labelled with its tenant, so a step stuck past the hard wall-clock limit is
-reported with the tenant it belongs to, as data.
+reported with the tenant it belongs to, as data. The threads hand finished steps back to the
+worker's loop in batches: one wake-up of the loop carries every step finished since the last.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import itertools
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from moonshard.sandbox.vm import TenantVM
 from moonshard.sandbox.watchdog import StepWatchdog
@@ -26,24 +29,70 @@ OnStuck = Callable[[float, TenantId | None, str], None]
 """Told, on the watchdog's thread, that a Lua call of a tenant is stuck past the hard limit:
 (seconds so far, the tenant, the step's label)."""
 
+# A queued step: what to run, its label, and the future (of the worker's loop) it settles.
+_Job = tuple[Callable[[], Any], str, "asyncio.Future[Any]"]
+
+
+class _Finished:
+    """Steps finished on Lua threads, waiting for the worker's loop to settle their futures."""
+
+    __slots__ = ("_done", "_lock", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        self._scheduled = False
+
+    def post(self, future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+        """On a Lua thread: wakes the loop only if no wake-up is pending already."""
+        with self._lock:
+            self._done.append((future, ok, value))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        # A closed loop: nobody awaits these any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        with self._lock:
+            done, self._done, self._scheduled = self._done, [], False
+        for future, ok, value in done:
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
 
 class LuaSteps:
-    """The Lua threads and the watchdog of one worker. Enter it to start the watchdog."""
+    """The Lua threads and the watchdog of one worker. Enter it to start them."""
 
-    __slots__ = ("_executor", "_hard_limit", "_ids", "_labels", "_on_stuck", "_watchdog")
+    __slots__ = ("_finished", "_hard_limit", "_ids", "_index", "_jobs", "_labels", "_on_stuck",
+                 "_threads", "_watchdog")
 
     def __init__(self, index: int, threads: int, hard_limit: float, on_stuck: OnStuck) -> None:
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            threads, thread_name_prefix=f"moonshard-lua-{index}")
+        self._index = index
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Daemon threads: a step stuck in C must not hold the process's exit.
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"moonshard-lua-{index}_{number}",
+                             daemon=True)
+            for number in range(max(1, threads))]
         self._hard_limit = hard_limit
         self._on_stuck = on_stuck
         self._watchdog = StepWatchdog(hard_limit, self._stuck)
         # Which tenant each running step belongs to, by its watchdog label.
         self._labels: dict[str, TenantId] = {}
         self._ids = itertools.count()
+        self._finished: _Finished | None = None
 
     def __enter__(self) -> LuaSteps:
         self._watchdog.__enter__()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -51,7 +100,34 @@ class LuaSteps:
         self._watchdog.__exit__(kind, error, trace)
 
     def shutdown(self, *, wait: bool) -> None:
-        self._executor.shutdown(wait=wait, cancel_futures=True)
+        """Cancels the steps not started yet and ends the threads (waiting for running steps
+        when ``wait``)."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[2].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread.is_alive():
+                    thread.join()
+
+    def _serve(self) -> None:
+        jobs, watch = self._jobs, self._watchdog.watch
+        while (job := jobs.get()) is not None:
+            step, label, future = job
+            finished = self._finished
+            assert finished is not None
+            try:
+                value = watch(step, label)
+            except BaseException as error:  # handed to the awaiting coroutine
+                finished.post(future, False, error)
+            else:
+                finished.post(future, True, value)
 
     def runner(self, tenant: TenantId, what: str, vm: Callable[[], TenantVM | None] | None = None,
                ) -> Callable[[Callable[[], _T]], Awaitable[_T]]:
@@ -59,15 +135,19 @@ class LuaSteps:
         possible where the process could not be ended: the thread topology) marks the VM
         ``vm()`` gives as broken."""
         loop = asyncio.get_running_loop()
-        labels, hard_limit = self._labels, self._hard_limit
+        if self._finished is None:
+            self._finished = _Finished(loop)
+        labels, hard_limit, jobs, ids = self._labels, self._hard_limit, self._jobs, self._ids
+        prefix = f"{tenant} {what} #"
 
         async def run_step(step: Callable[[], _T]) -> _T:
-            label = f"{tenant} {what} #{next(self._ids)}"
+            label = prefix + str(next(ids))
             labels[label] = tenant
+            future: asyncio.Future[_T] = loop.create_future()
             started = time.monotonic()
+            jobs.put((step, label, future))
             try:
-                result = await loop.run_in_executor(self._executor, self._watchdog.watch, step,
-                                                    label)
+                result = await future
             finally:
                 labels.pop(label, None)
             if vm is not None and time.monotonic() - started > hard_limit:
