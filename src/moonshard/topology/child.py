@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from moonshard.contracts.wire import (
@@ -49,8 +50,18 @@ class _Child:
         self._codec = WireCodec()
         self._frames: FrameWriter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
 
     def _send(self, frame: Frame) -> None:
+        # The frame writer belongs to the loop; templates log (and runs start) on the
+        # worker's Lua threads, so a frame from another thread is handed to the loop.
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._send_on_loop, frame)
+        else:
+            self._send_on_loop(frame)
+
+    def _send_on_loop(self, frame: Frame) -> None:
         # Frames of one turn of the loop go out in one write.
         if self._frames is not None and not self._frames.writer.is_closing():
             self._frames.send(frame)
@@ -63,12 +74,13 @@ class _Child:
         # it was, then end the process, the only sure way to stop that call.
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._send, Stuck(tenant, label, seconds))
+            loop.call_soon_threadsafe(self._send_on_loop, Stuck(tenant, label, seconds))
         time.sleep(0.3)  # lets the loop send the frame
         os._exit(EXIT_STUCK)
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         reader, writer = await asyncio.open_unix_connection(sock=self._sock)
         self._frames = frames = FrameWriter(writer, self._codec)
         first = await read_frame(reader, self._codec)
