@@ -250,3 +250,11 @@ return {
         assert dev.close() == 0
     finally:
         dev.process.kill()
+
+
+def test_dev_refuses_bad_limits_as_exec_does(tmp_path: Path) -> None:
+    template = folder(tmp_path, "return {}")
+    for flags in (["--cpu", "0"], ["--memory", "lots"], ["--tenant", "nobody"]):
+        done = moonshard("dev", str(template), *flags)
+        assert done.returncode == 2, (flags, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import click
 
-from moonshard.cli.exec_cmd import LogPrinter, read_template_dir
+from moonshard.cli.exec_cmd import LogPrinter, local_options, read_template_dir
 from moonshard.errors import LimitExceeded, TemplateError
 from moonshard.events import Event
-from moonshard.limits import Limits, parse_size
+from moonshard.limits import Limits
 from moonshard.localrun import EventReport, LocalClock, LocalSession
 from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
@@ -243,14 +243,7 @@ def dev(directory: Path, tenant_text: str, state: Path | None, clock: str, memor
         cpu: float) -> None:
     """Run the template in DIRECTORY locally; reload it on every save; read events from the
     prompt (EVENT_NAME [json or @file]; :help lists the rest)."""
-    try:
-        tenant = TenantId.parse(tenant_text)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--tenant") from None
-    try:
-        limits = Limits(memory_bytes=parse_size(memory), cpu_seconds=cpu)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--memory") from None
+    tenant, limits = local_options(tenant_text, memory, cpu)
     name = directory.resolve().name
     if not name or not name[0].isalnum():
         name = "template"

@@ -22,7 +22,8 @@ from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["LogPrinter", "exec_template", "read_template_dir", "template_error_json"]
+__all__ = ["LogPrinter", "exec_template", "local_options", "read_template_dir",
+           "template_error_json"]
 
 _LEVEL_STYLES = MappingProxyType(
     {"debug": "dim", "info": "cyan", "warn": "yellow", "error": "bold red"})
@@ -89,6 +90,21 @@ def _print_json(value: object) -> None:
     sys.stdout.flush()
 
 
+
+def local_options(tenant_text: str, memory: str, cpu: float) -> tuple[TenantId, Limits]:
+    """``--tenant``, ``--memory`` and ``--cpu`` of the local commands (exec, dev), checked."""
+    try:
+        tenant = TenantId.parse(tenant_text)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--tenant") from None
+    try:
+        limits = Limits(memory_bytes=parse_size(memory), cpu_seconds=cpu)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--memory") from None
+    if not cpu > 0:
+        raise click.BadParameter("must be a positive number of seconds", param_hint="--cpu")
+    return tenant, limits
+
 @click.command("exec")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--event", "event_name", required=True, help="Event name, e.g. MESSAGE_CREATE.")
@@ -118,16 +134,7 @@ def exec_template(
 
     Exit status: 0 when every handler succeeded, 1 when one failed, 2 on a usage error.
     """
-    try:
-        tenant = TenantId.parse(tenant_text)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--tenant") from None
-    try:
-        limits = Limits(memory_bytes=parse_size(memory), cpu_seconds=cpu)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param_hint="--memory") from None
-    if not cpu > 0:
-        raise click.BadParameter("must be a positive number of seconds", param_hint="--cpu")
+    tenant, limits = local_options(tenant_text, memory, cpu)
     try:
         event = Event(event_name, _parse_data(data_text), author=author)
     except ValueError as error:
