@@ -157,12 +157,15 @@ class TenantVM:
         """Begins loading a template: compiling happened already; init.lua runs as a run."""
         self.compile(name, files)
         return LuaRun(self, template=name, event_name="(load)",
-                      start=lambda: self._start_load(name, files))
+                      begin=lambda deadline: self._begin_load(name, files, deadline))
 
-    def _start_load(self, name: str, files: Mapping[str, str]) -> int:
+    def _begin_load(self, name: str, files: Mapping[str, str], deadline: float,
+                    ) -> tuple[int | None, str, Any]:
         with self._door.lifted():
             box = self._runtime.table_from([name, self._runtime.table_from(dict(files))])
-        return int(self._kernel.start_load(box))
+        run_id = int(self._kernel.start_load(box))
+        status, value = self._kernel.step(run_id, deadline, None)
+        return run_id, status, value
 
     def finish_load(self, name: str, result: HandlerResult) -> tuple[str, ...]:
         """Records a loaded template's subscriptions, or turns a failed load into TemplateError."""
@@ -187,16 +190,19 @@ class TenantVM:
         if event.name not in self._handlers.get(template, ()):
             return None
         return LuaRun(self, template=template, event_name=event.name,
-                      start=lambda: self._start_handler(template, version, event))
+                      begin=lambda deadline: self._begin_handler(template, version, event,
+                                                                 deadline))
 
-    def _start_handler(self, template: str, version: int, event: Event) -> int:
-        box = self._door.box(template, version, event.name, event.id, event.at, event.author,
-                             event.data if event.data is not None else {})
-        run_id = self._kernel.start_handler(box)
-        if run_id is None:
+    def _begin_handler(self, template: str, version: int, event: Event, deadline: float,
+                       ) -> tuple[int | None, str, Any]:
+        box = self._door.box_with(
+            (template, version, event.name, event.id, event.at, event.author),
+            event.data if event.data is not None else {})
+        run_id, status, value = self._kernel.begin_handler(box, deadline)
+        if status == "missing":
             raise TemplateError(f"the template has no handler for {event.name}",
                                 template=template)
-        return int(run_id)
+        return int(run_id), str(status), value
 
 
 def _parse_json_int(text: str) -> int | float:
@@ -224,13 +230,14 @@ class LuaRun:
     the host's conversions, which run on the same thread.
     """
 
-    __slots__ = ("_id", "_start", "_vm", "cpu_used", "event_name", "finished", "template")
+    __slots__ = ("_begin", "_id", "_vm", "cpu_used", "event_name", "finished", "template")
 
     def __init__(self, vm: TenantVM, *, template: str, event_name: str,
-                 start: Callable[[], int]) -> None:
+                 begin: Callable[[float], tuple[int | None, str, Any]]) -> None:
         self._vm = vm
         self._id: int | None = None
-        self._start = start
+        # Starts the run and takes its first step, in one call into Lua: (id, status, value).
+        self._begin = begin
         self.template = template
         self.event_name = event_name
         self.cpu_used = 0.0
@@ -246,26 +253,29 @@ class LuaRun:
         door = vm._door
         started = time.thread_time()
         try:
+            deadline = started + vm.limits.cpu_seconds - self.cpu_used
             if self._id is None:
-                self._id = self._start()
-                lua_answer = None
+                self._id, status, value = self._begin(deadline)
             else:
                 lua_answer = self._box_answer(answer if answer is not None else (True, None))
+                status, value = vm._kernel.step(self._id, deadline, lua_answer)
             while True:
-                deadline = started + vm.limits.cpu_seconds - self.cpu_used
-                # The step answers its status only; the rest is fetched with the limit lifted.
-                status = str(vm._kernel.step(self._id, deadline, lua_answer))
                 # Count the Lua time now: _interpret judges a finished run by it.
                 now = time.thread_time()
                 self.cpu_used += now - started
                 started = now
+                if status == "value":  # done with a number, a boolean or nil: nothing to fetch
+                    return self._interpret("done", None, value)
+                # The step answers its status only; the rest is fetched with the limit lifted.
                 with door.lifted():
                     outcome = vm._kernel.outcome()
                     if status != "host":
-                        return self._interpret(status, outcome)
+                        return self._interpret(status, outcome, None)
                     request, lua_answer = self._read_request(outcome)
                 if request is not None:
                     return request
+                deadline = started + vm.limits.cpu_seconds - self.cpu_used
+                status, value = vm._kernel.step(self._id, deadline, lua_answer)
         except DoorLimit as limit:
             return self._fail_limit(limit.kind, None, None)
         except lua54.LuaMemoryError:
@@ -317,7 +327,9 @@ class LuaRun:
             self._vm._kernel.cancel(self._id)
         self.finished = True
 
-    def _interpret(self, status: str, outcome: Any) -> HandlerResult:
+    def _interpret(self, status: str, outcome: Any, value: Any) -> HandlerResult:
+        """The result of a finished step: ``value`` is the scalar a "value" status gave,
+        else it is read from ``outcome``."""
         limits = self._vm.limits
         if status == "done" and self.cpu_used > limits.cpu_seconds:
             # It finished inside one C call (no hook tick came after the limit): still over.
@@ -325,10 +337,10 @@ class LuaRun:
         if status == "done":
             try:
                 door = self._vm._door
-                value = door.to_python(
-                    door.item(outcome, "value", "the handler's return value"),
-                    "the handler's return value",
-                    limits.result_bytes, "the result limit")
+                if outcome is not None:
+                    value = door.item(outcome, "value", "the handler's return value")
+                value = door.to_python(value, "the handler's return value",
+                                       limits.result_bytes, "the result limit")
             except ValueConversionError as error:
                 return self._fail(str(error), None)
             self.finished = True

@@ -1052,16 +1052,28 @@ function kernel.start_handler(box)
   return start_run(handler, ctx, event)
 end
 
--- Resumes a run until it finishes or needs the host. Returns the status; the outcome is:
+-- Resumes a run until it finishes or needs the host. Returns the status and, when the run
+-- finished with a number, a boolean or nil, that value ("value" status: nothing to fetch).
+-- Otherwise the outcome is:
 --   {status = "done", value = v} | {status = "host", family, op, args}
 --   {status = "error", message, traceback} | {status = "limit", kind, message, traceback}
 -- `answer` (nil for the first step) is the host's {ok, value, limit}; see host_call.
 -- The outcome of the last step; Python fetches it with kernel.outcome, with the limit lifted
--- (lupa's reference to a returned table is an allocation outside any protected call).
+-- (lupa's reference to a returned table is an allocation outside any protected call; a
+-- number or a boolean is not, so those come back at once).
 local last_outcome = nil
 local function finish_step(status, outcome)
   last_outcome = outcome
-  return status
+  return status, nil
+end
+
+local function finish_done(value)
+  local kind = real_type(value)
+  if kind == "number" or kind == "boolean" or kind == "nil" then
+    last_outcome = nil
+    return "value", value
+  end
+  return finish_step("done", {status = "done", value = value})
 end
 
 function kernel.step(id, deadline, answer)
@@ -1090,7 +1102,7 @@ function kernel.step(id, deadline, answer)
       return finish_step("limit", {status = "limit", kind = run.tripped, message = message,
               traceback = template_traceback(co, message)})
     end
-    if r[1] then return finish_step("done", {status = "done", value = r[2]}) end
+    if r[1] then return finish_done(r[2]) end
     local message = error_text(r[2])
     return finish_step("error", {status = "error", message = message,
                                  traceback = template_traceback(co, message)})
@@ -1102,6 +1114,15 @@ function kernel.step(id, deadline, answer)
   return finish_step("error", {status = "error",
           message = "coroutine.yield was called outside a coroutine: a handler cannot yield",
           traceback = template_traceback(co, "coroutine.yield outside a coroutine")})
+end
+
+-- Starts a handler run and takes its first step: one call into Lua for the common case.
+-- Returns "missing" when the template has no such handler, else the run id and the step's
+-- status and value (see kernel.step).
+function kernel.begin_handler(box, deadline)
+  local id = kernel.start_handler(box)
+  if id == nil then return nil, "missing", nil end
+  return id, kernel.step(id, deadline, nil)
 end
 
 function kernel.outcome()
