@@ -173,3 +173,9 @@ async def test_non_finite_results_after_a_host_call_are_refused(
     error = await harness.error(f"ctx.kv.get('k')\n{body}",
                                 capabilities={"kv": RecordingCapability()})
     assert error == "the handler's return value: numbers must be finite (no NaN or infinity)"
+
+
+async def test_an_event_without_data_has_an_empty_object(harness: Harness) -> None:
+    value = await harness.value(
+        "return {json.encode(event.data), next(event.data) == nil, event.author == nil}")
+    assert value == ["{}", True, True]

@@ -197,7 +197,7 @@ class TenantVM:
                        ) -> tuple[int | None, str, Any]:
         box = self._door.box_with(
             (template, version, event.name, event.id, event.at, event.author),
-            event.data if event.data is not None else {})
+            event.data)
         run_id, status, value = self._kernel.begin_handler(box, deadline)
         if status == "missing":
             raise TemplateError(f"the template has no handler for {event.name}",

@@ -1025,13 +1025,15 @@ function kernel.drop_template(box)
 end
 
 -- Builds ctx and event afresh for every run, so no run can change what another sees.
--- box: {template name, version, event name, event id, at, author, data}
+-- box: {template name, version, event name, event id, at, author, data (nil: none)}
 function kernel.start_handler(box)
   local name, version, event_name, event_id = box[1], box[2], box[3], box[4]
   local at, author, data = box[5], box[6], box[7]
   local t = templates[name]
   local handler = t and rawget(t.handlers, event_name)
   if real_type(handler) ~= "function" then return nil end
+  -- An event without data gets an empty object (made here: one call into Lua fewer).
+  if data == nil then data = json_object() end
   local ctx = {
     tenant = {kind = TENANT_KIND, id = TENANT_ID},
     template = {name = name, version = version},
