@@ -16,14 +16,15 @@ from moonshard.errors import TemplateError, ValueConversionError
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.sandbox.convert import MAX_DEPTH, DoorLimit, ValueDoor
+from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.libraries import BUILTIN_LIBRARY_SOURCES
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["HostRequest", "LogSink", "LuaRun", "TenantVM"]
+__all__ = ["HOOK_COUNT", "HostRequest", "LogSink", "LuaRun", "TenantVM"]
 
 # Instructions between two checks of the CPU clock (the hook itself costs little per tick).
-_HOOK_COUNT = 1000
+HOOK_COUNT = 1000
 # How the host talks about a broken limit (the kernel prefixes the template's file and line).
 _LIMIT_MESSAGES = MappingProxyType({
     "memory": "memory limit exceeded", "cpu": "cpu time limit exceeded"})
@@ -60,21 +61,29 @@ class TenantVM:
     """
 
     __slots__ = (
+        "_alarm",
         "_door",
         "_handlers",
         "_kernel",
         "_log",
         "_runtime",
+        "_step_budget",
         "broken",
         "limits",
         "tenant",
     )
 
-    def __init__(self, tenant: TenantId, limits: Limits, log: LogSink) -> None:
+    def __init__(self, tenant: TenantId, limits: Limits, log: LogSink, *,
+                 cpu_alarm: CpuAlarm | None = None) -> None:
+        """With ``cpu_alarm`` (only where every step runs on a thread it watches), a run's
+        CPU hook is set only when its budget is close to spent (see ``CpuAlarm``)."""
         self.tenant = tenant
         self.limits = limits
         self.broken: str | None = None
         self._log = log
+        self._alarm = cpu_alarm
+        # The CPU budget of the step about to run, for the alarm (set on the stepping thread).
+        self._step_budget = 0.0
         # template name -> the events it handles, as its init.lua returned them
         self._handlers: dict[str, frozenset[str]] = {}
         self._runtime = lua54.LuaRuntime(
@@ -85,17 +94,19 @@ class TenantVM:
             "clock": time.thread_time,
             "json_decode": self._json_decode,
             "log": self._log_line,
+            "running": self._running,
         })
         config = self._runtime.table_from({
             "tenant_kind": tenant.kind,
             "tenant_id": tenant.id,
-            "hook_count": _HOOK_COUNT,
+            "hook_count": HOOK_COUNT,
             "pattern_steps": limits.pattern_steps,
             "log_line_bytes": limits.log_line_bytes,
             "log_lines_per_run": limits.log_lines_per_run,
             "load_bytes": limits.template_source_bytes,
             "json_encode_bytes": limits.memory_bytes,
             "json_max_depth": MAX_DEPTH,
+            "lazy_hook": cpu_alarm is not None,
             "libraries": self._runtime.table_from(dict(BUILTIN_LIBRARY_SOURCES)),
         })
         self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
@@ -124,6 +135,18 @@ class TenantVM:
             return False, self._door.box_text(str(error))
         except Exception:
             return False, self._door.box_text("the text could not be decoded")
+
+    def _running(self, address: str) -> bool:
+        """A step of the run whose coroutine is at ``address`` starts on this thread: True
+        when the alarm watches it, else the kernel sets the hook at once. Never raises."""
+        alarm = self._alarm
+        if alarm is None:
+            return False
+        try:
+            alarm.enter(int(address, 16), self._step_budget)
+        except Exception:
+            return False
+        return True
 
     def _log_line(self, level: str, template: str, message: str) -> tuple[bool, Any]:
         try:
@@ -254,6 +277,7 @@ class LuaRun:
         started = time.thread_time()
         try:
             deadline = started + vm.limits.cpu_seconds - self.cpu_used
+            vm._step_budget = deadline - started
             if self._id is None:
                 self._id, status, value = self._begin(deadline)
             else:
@@ -275,6 +299,7 @@ class LuaRun:
                 if request is not None:
                     return request
                 deadline = started + vm.limits.cpu_seconds - self.cpu_used
+                vm._step_budget = deadline - started
                 status, value = vm._kernel.step(self._id, deadline, lua_answer)
         except DoorLimit as limit:
             return self._fail_limit(limit.kind, None, None)
@@ -289,6 +314,8 @@ class LuaRun:
             # Only the kernel's own code raises here, for example when memory ran out in it.
             return self._fail_limit("memory", None, None)
         finally:
+            if vm._alarm is not None:
+                vm._alarm.leave()
             self.cpu_used += time.thread_time() - started
 
     def _box_answer(self, answer: tuple[bool, JsonValue]) -> Any:

@@ -101,7 +101,8 @@ class WorkerCore:
             store=store, limits=config.limits, runner=self._runner,
             step_runner=self._step_runner, log=log,
             make_room=lambda: self.cache.make_room(self._actors.values()),
-            fire_timer=self._delivery.fire, dequeued=self._dequeued)
+            fire_timer=self._delivery.fire, dequeued=self._dequeued,
+            cpu_alarm=self._steps.cpu_alarm)
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
