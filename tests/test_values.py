@@ -140,3 +140,42 @@ async def test_any_json_value_round_trips(harness: Harness, value: JsonValue) ->
     result = await harness.run("ECHO", {"v": value})
     assert result.ok, result.error
     assert result.value == value
+
+
+SCALAR_RESULTS = {
+    "an integer": ("return math.maxinteger", 2**63 - 1),
+    "a float": ("return 1.5", 1.5),
+    "true": ("return true", True),
+    "false": ("return false", False),
+    "nil": ("return nil", None),
+    "nothing": ("local x = 1", None),
+    "a short string": ("return 'done'", "done"),
+}
+
+
+@pytest.mark.parametrize("after_host_call", [False, True], ids=["first step", "after a host call"])
+@pytest.mark.parametrize(("body", "expected"), SCALAR_RESULTS.values(), ids=SCALAR_RESULTS.keys())
+async def test_scalar_results_come_back_as_they_are(
+    harness: Harness, body: str, expected: JsonValue, after_host_call: bool,
+) -> None:
+    # A run finished with a number, a boolean or nil is answered in the same call into Lua
+    # that ran it; the value must be the one the table path would have given.
+    prefix = "ctx.kv.get('k')\n" if after_host_call else ""
+    value = await harness.value(prefix + body, capabilities={"kv": RecordingCapability()})
+    assert value == expected
+    assert type(value) is type(expected)
+
+
+@pytest.mark.parametrize("body", ["return 0/0", "return -math.huge"])
+async def test_non_finite_results_after_a_host_call_are_refused(
+    harness: Harness, body: str,
+) -> None:
+    error = await harness.error(f"ctx.kv.get('k')\n{body}",
+                                capabilities={"kv": RecordingCapability()})
+    assert error == "the handler's return value: numbers must be finite (no NaN or infinity)"
+
+
+async def test_an_event_without_data_has_an_empty_object(harness: Harness) -> None:
+    value = await harness.value(
+        "return {json.encode(event.data), next(event.data) == nil, event.author == nil}")
+    assert value == ["{}", True, True]

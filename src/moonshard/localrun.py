@@ -201,7 +201,8 @@ class LocalSession:
 
         self._runner = HandlerRunner(
             store, self._limits, log, on_commit=self._committed, clock=clock,
-            capabilities={**CAPABILITIES, "kv": kv, "events": events, "discord": open_discord})
+            capabilities={**CAPABILITIES, "kv": kv, "events": events, "discord": open_discord},
+            opened_at_start=frozenset({"discord"}))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

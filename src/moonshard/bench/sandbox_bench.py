@@ -12,7 +12,9 @@ from moonshard.bench.measure import Figure, mean, percentile, rss_bytes, time_ca
 from moonshard.events import Event
 from moonshard.limits import Limits
 from moonshard.sandbox import TenantVM, drive, run_inline
+from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.loading import load_template
+from moonshard.sandbox.vm import HOOK_COUNT
 from moonshard.tenants import TenantId
 
 __all__ = ["run_sandbox_bench"]
@@ -41,8 +43,8 @@ def _quiet(level: str, template: str, message: str) -> None:
     """Benchmarks discard template output."""
 
 
-def _build_vm(tenant: TenantId, limits: Limits) -> TenantVM:
-    vm = TenantVM(tenant, limits, _quiet)
+def _build_vm(tenant: TenantId, limits: Limits, cpu_alarm: CpuAlarm | None = None) -> TenantVM:
+    vm = TenantVM(tenant, limits, _quiet, cpu_alarm=cpu_alarm)
     asyncio.run(load_template(vm, "bench", _TEMPLATE, run_inline))
     return vm
 
@@ -115,6 +117,16 @@ def run_sandbox_bench(quick: bool = False) -> list[Figure]:
         figures.append(Figure(_SUITE, "2M-iteration Lua loop (CPU limit hook on)",
                               mean(hooked) * 1e3, "ms", mean(unhooked) * 1e3,
                               "same loop, bare lupa, no hook"))
+        alarm = CpuAlarm.open(HOOK_COUNT)
+        if alarm is not None:
+            # As in a worker: the hook is set only when a run's budget is close to spent.
+            with alarm:
+                vm = _build_vm(tenant, limits, alarm)
+                watched = time_calls(lambda: loop.run_until_complete(heavy()),
+                                     3 if quick else 10)
+            figures.append(Figure(_SUITE, "2M-iteration Lua loop (CPU limit by the alarm, as "
+                                  "in a worker)", mean(watched) * 1e3, "ms",
+                                  mean(unhooked) * 1e3, "same loop, bare lupa, no hook"))
     finally:
         loop.close()
     return figures

@@ -5,13 +5,17 @@ the one place a capability is wired in), drives the handler, and commits everyth
 asked for (kv writes, schedules and cancellations, emitted events) in one store transaction
 (``RunStore.commit_run``). Only after that commit does it tell its owner (``on_commit``), who
 arms timers and hands emitted events on. A failed handler, or a failed commit, leaves nothing.
+
+A capability is opened when the run first calls its family (most runs call few or none, and
+this is on every event's path), unless its family is opened at the start because opening it
+does something by itself (Discord: learning channels, deferring a late interaction).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 
 from moonshard.contracts.host import Capability, RunScope
@@ -70,15 +74,44 @@ def merge_effects(parts: list[RunEffects]) -> RunEffects:
         emits=tuple(emit for part in parts for emit in part.emits))
 
 
-class HandlerRunner:
-    """Runs events through VMs of one store, with the capabilities of ``capabilities``."""
+class _OpenedOnUse(Mapping[str, Capability]):
+    """The capabilities of one run, each opened the first time the run asks for it."""
 
-    __slots__ = ("_capabilities", "_clock", "_limits", "_log", "_on_commit", "_store")
+    __slots__ = ("_context", "_factories", "opened")
+
+    def __init__(self, factories: Mapping[str, CapabilityFactory], context: RunContext,
+                 at_start: frozenset[str]) -> None:
+        self._factories = factories
+        self._context = context
+        self.opened: dict[str, Capability] = {
+            family: factories[family](context) for family in sorted(at_start)
+            if family in factories}
+
+    def __getitem__(self, family: str) -> Capability:
+        capability = self.opened.get(family)
+        if capability is None:
+            capability = self.opened[family] = self._factories[family](self._context)
+        return capability
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
+class HandlerRunner:
+    """Runs events through VMs of one store, with the capabilities of ``capabilities``;
+    those of ``opened_at_start`` are opened when each run starts, the others on first use."""
+
+    __slots__ = ("_at_start", "_capabilities", "_clock", "_limits", "_log", "_on_commit",
+                 "_store")
 
     def __init__(
         self, store: Store, limits: Limits, log: Callable[[TenantId, str, str, str], None], *,
         on_commit: OnCommit | None = None,
         capabilities: Mapping[str, CapabilityFactory] = CAPABILITIES,
+        opened_at_start: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -86,6 +119,7 @@ class HandlerRunner:
         self._log = log
         self._on_commit = on_commit
         self._capabilities = capabilities
+        self._at_start = opened_at_start
         self._clock = clock
 
     async def run_event(
@@ -114,12 +148,11 @@ class HandlerRunner:
             return HandlerResult(template.name, False,
                                  error="the template is not loaded in this VM")
         context = RunContext(tenant, template, event, self._limits, self._store, rate_limiter)
-        capabilities = {family: factory(context)
-                        for family, factory in self._capabilities.items()}
-        scopes: list[RunScope] = [cap for cap in capabilities.values()
-                                  if isinstance(cap, RunScope)]
+        capabilities = _OpenedOnUse(self._capabilities, context, self._at_start)
         result = await drive(run, capabilities, run_step)
-        if result.ok:
+        scopes: list[RunScope] = [cap for cap in capabilities.opened.values()
+                                  if isinstance(cap, RunScope)]
+        if result.ok and scopes:
             result = await self._commit(tenant, template, scopes, result)
         else:
             for scope in scopes:
@@ -135,6 +168,8 @@ class HandlerRunner:
         result: HandlerResult,
     ) -> HandlerResult:
         effects = merge_effects([scope.take_effects() for scope in scopes])
+        if effects.empty:
+            return result  # nothing to store, and nothing for the owner to arm or hand on
         limits = self._limits
         try:
             commit = await self._store.runs.commit_run(

@@ -110,6 +110,23 @@ class ValueDoor:
             return self._runtime.table_from(
                 [None if value is None else self._build(value) for value in values])
 
+    def box_with(self, scalars: tuple[str | int | float | None, ...], value: JsonValue) -> Any:
+        """Like ``box(*scalars, value)`` for the host's scalars and one value of any shape
+        (a run's start: its names, ids and time, then the event's data), with the scalars
+        checked without the general walk: this is on every event's path. A ``value`` of
+        None is left out (nil), not ``json.null``."""
+        cost = self._lua_cost(value, 0)
+        for scalar in scalars:
+            if isinstance(scalar, str):
+                cost += _STRING_COST + _utf8_size(scalar)
+            elif isinstance(scalar, float) and not math.isfinite(scalar):
+                raise ValueConversionError("numbers must be finite (no NaN or infinity)")
+        if cost > self.remaining():
+            raise DoorLimit("memory")
+        with self.lifted():
+            return self._runtime.table_from(
+                [*scalars, None if value is None else self._build(value)])
+
     def box_text(self, *texts: str | int | float | bool | None) -> Any:
         """Like ``box`` for the host's own scalars and short texts: never refused."""
         with self.lifted():

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from moonshard.errors import TemplateError
 from moonshard.limits import Limits
+from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.driver import StepRunner, drive
 from moonshard.sandbox.hints import hint_for
 from moonshard.sandbox.vm import LogSink, TenantVM
@@ -58,14 +59,15 @@ async def validate_template(
 
 
 async def build_vm(
-    template_set: TemplateSet, limits: Limits, log: LogSink, run_step: StepRunner[object],
+    template_set: TemplateSet, limits: Limits, log: LogSink, run_step: StepRunner[object], *,
+    cpu_alarm: CpuAlarm | None = None,
 ) -> TenantVM:
-    """A fresh VM with every template of the set loaded.
+    """A fresh VM with every template of the set loaded (``cpu_alarm``: see ``TenantVM``).
 
     A template that no longer loads (its limits changed since it was saved, say) is left out
     and the reason logged; the tenant's other templates still run.
     """
-    vm = TenantVM(template_set.tenant, limits, log)
+    vm = TenantVM(template_set.tenant, limits, log, cpu_alarm=cpu_alarm)
     for template in template_set.templates:
         try:
             await load_template(vm, template.name, template.files, run_step)

@@ -16,14 +16,15 @@ from moonshard.errors import TemplateError, ValueConversionError
 from moonshard.events import Event, HandlerResult
 from moonshard.limits import Limits
 from moonshard.sandbox.convert import MAX_DEPTH, DoorLimit, ValueDoor
+from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.libraries import BUILTIN_LIBRARY_SOURCES
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["HostRequest", "LogSink", "LuaRun", "TenantVM"]
+__all__ = ["HOOK_COUNT", "HostRequest", "LogSink", "LuaRun", "TenantVM"]
 
 # Instructions between two checks of the CPU clock (the hook itself costs little per tick).
-_HOOK_COUNT = 1000
+HOOK_COUNT = 1000
 # How the host talks about a broken limit (the kernel prefixes the template's file and line).
 _LIMIT_MESSAGES = MappingProxyType({
     "memory": "memory limit exceeded", "cpu": "cpu time limit exceeded"})
@@ -60,21 +61,29 @@ class TenantVM:
     """
 
     __slots__ = (
+        "_alarm",
         "_door",
         "_handlers",
         "_kernel",
         "_log",
         "_runtime",
+        "_step_budget",
         "broken",
         "limits",
         "tenant",
     )
 
-    def __init__(self, tenant: TenantId, limits: Limits, log: LogSink) -> None:
+    def __init__(self, tenant: TenantId, limits: Limits, log: LogSink, *,
+                 cpu_alarm: CpuAlarm | None = None) -> None:
+        """With ``cpu_alarm`` (only where every step runs on a thread it watches), a run's
+        CPU hook is set only when its budget is close to spent (see ``CpuAlarm``)."""
         self.tenant = tenant
         self.limits = limits
         self.broken: str | None = None
         self._log = log
+        self._alarm = cpu_alarm
+        # The CPU budget of the step about to run, for the alarm (set on the stepping thread).
+        self._step_budget = 0.0
         # template name -> the events it handles, as its init.lua returned them
         self._handlers: dict[str, frozenset[str]] = {}
         self._runtime = lua54.LuaRuntime(
@@ -85,17 +94,19 @@ class TenantVM:
             "clock": time.thread_time,
             "json_decode": self._json_decode,
             "log": self._log_line,
+            "running": self._running,
         })
         config = self._runtime.table_from({
             "tenant_kind": tenant.kind,
             "tenant_id": tenant.id,
-            "hook_count": _HOOK_COUNT,
+            "hook_count": HOOK_COUNT,
             "pattern_steps": limits.pattern_steps,
             "log_line_bytes": limits.log_line_bytes,
             "log_lines_per_run": limits.log_lines_per_run,
             "load_bytes": limits.template_source_bytes,
             "json_encode_bytes": limits.memory_bytes,
             "json_max_depth": MAX_DEPTH,
+            "lazy_hook": cpu_alarm is not None,
             "libraries": self._runtime.table_from(dict(BUILTIN_LIBRARY_SOURCES)),
         })
         self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
@@ -124,6 +135,18 @@ class TenantVM:
             return False, self._door.box_text(str(error))
         except Exception:
             return False, self._door.box_text("the text could not be decoded")
+
+    def _running(self, address: str) -> bool:
+        """A step of the run whose coroutine is at ``address`` starts on this thread: True
+        when the alarm watches it, else the kernel sets the hook at once. Never raises."""
+        alarm = self._alarm
+        if alarm is None:
+            return False
+        try:
+            alarm.enter(int(address, 16), self._step_budget)
+        except Exception:
+            return False
+        return True
 
     def _log_line(self, level: str, template: str, message: str) -> tuple[bool, Any]:
         try:
@@ -157,12 +180,15 @@ class TenantVM:
         """Begins loading a template: compiling happened already; init.lua runs as a run."""
         self.compile(name, files)
         return LuaRun(self, template=name, event_name="(load)",
-                      start=lambda: self._start_load(name, files))
+                      begin=lambda deadline: self._begin_load(name, files, deadline))
 
-    def _start_load(self, name: str, files: Mapping[str, str]) -> int:
+    def _begin_load(self, name: str, files: Mapping[str, str], deadline: float,
+                    ) -> tuple[int | None, str, Any]:
         with self._door.lifted():
             box = self._runtime.table_from([name, self._runtime.table_from(dict(files))])
-        return int(self._kernel.start_load(box))
+        run_id = int(self._kernel.start_load(box))
+        status, value = self._kernel.step(run_id, deadline, None)
+        return run_id, status, value
 
     def finish_load(self, name: str, result: HandlerResult) -> tuple[str, ...]:
         """Records a loaded template's subscriptions, or turns a failed load into TemplateError."""
@@ -187,16 +213,19 @@ class TenantVM:
         if event.name not in self._handlers.get(template, ()):
             return None
         return LuaRun(self, template=template, event_name=event.name,
-                      start=lambda: self._start_handler(template, version, event))
+                      begin=lambda deadline: self._begin_handler(template, version, event,
+                                                                 deadline))
 
-    def _start_handler(self, template: str, version: int, event: Event) -> int:
-        box = self._door.box(template, version, event.name, event.id, event.at, event.author,
-                             event.data if event.data is not None else {})
-        run_id = self._kernel.start_handler(box)
-        if run_id is None:
+    def _begin_handler(self, template: str, version: int, event: Event, deadline: float,
+                       ) -> tuple[int | None, str, Any]:
+        box = self._door.box_with(
+            (template, version, event.name, event.id, event.at, event.author),
+            event.data)
+        run_id, status, value = self._kernel.begin_handler(box, deadline)
+        if status == "missing":
             raise TemplateError(f"the template has no handler for {event.name}",
                                 template=template)
-        return int(run_id)
+        return int(run_id), str(status), value
 
 
 def _parse_json_int(text: str) -> int | float:
@@ -224,13 +253,14 @@ class LuaRun:
     the host's conversions, which run on the same thread.
     """
 
-    __slots__ = ("_id", "_start", "_vm", "cpu_used", "event_name", "finished", "template")
+    __slots__ = ("_begin", "_id", "_vm", "cpu_used", "event_name", "finished", "template")
 
     def __init__(self, vm: TenantVM, *, template: str, event_name: str,
-                 start: Callable[[], int]) -> None:
+                 begin: Callable[[float], tuple[int | None, str, Any]]) -> None:
         self._vm = vm
         self._id: int | None = None
-        self._start = start
+        # Starts the run and takes its first step, in one call into Lua: (id, status, value).
+        self._begin = begin
         self.template = template
         self.event_name = event_name
         self.cpu_used = 0.0
@@ -246,26 +276,31 @@ class LuaRun:
         door = vm._door
         started = time.thread_time()
         try:
+            deadline = started + vm.limits.cpu_seconds - self.cpu_used
+            vm._step_budget = deadline - started
             if self._id is None:
-                self._id = self._start()
-                lua_answer = None
+                self._id, status, value = self._begin(deadline)
             else:
                 lua_answer = self._box_answer(answer if answer is not None else (True, None))
+                status, value = vm._kernel.step(self._id, deadline, lua_answer)
             while True:
-                deadline = started + vm.limits.cpu_seconds - self.cpu_used
-                # The step answers its status only; the rest is fetched with the limit lifted.
-                status = str(vm._kernel.step(self._id, deadline, lua_answer))
                 # Count the Lua time now: _interpret judges a finished run by it.
                 now = time.thread_time()
                 self.cpu_used += now - started
                 started = now
+                if status == "value":  # done with a number, a boolean or nil: nothing to fetch
+                    return self._interpret("done", None, value)
+                # The step answers its status only; the rest is fetched with the limit lifted.
                 with door.lifted():
                     outcome = vm._kernel.outcome()
                     if status != "host":
-                        return self._interpret(status, outcome)
+                        return self._interpret(status, outcome, None)
                     request, lua_answer = self._read_request(outcome)
                 if request is not None:
                     return request
+                deadline = started + vm.limits.cpu_seconds - self.cpu_used
+                vm._step_budget = deadline - started
+                status, value = vm._kernel.step(self._id, deadline, lua_answer)
         except DoorLimit as limit:
             return self._fail_limit(limit.kind, None, None)
         except lua54.LuaMemoryError:
@@ -279,6 +314,8 @@ class LuaRun:
             # Only the kernel's own code raises here, for example when memory ran out in it.
             return self._fail_limit("memory", None, None)
         finally:
+            if vm._alarm is not None:
+                vm._alarm.leave()
             self.cpu_used += time.thread_time() - started
 
     def _box_answer(self, answer: tuple[bool, JsonValue]) -> Any:
@@ -317,7 +354,9 @@ class LuaRun:
             self._vm._kernel.cancel(self._id)
         self.finished = True
 
-    def _interpret(self, status: str, outcome: Any) -> HandlerResult:
+    def _interpret(self, status: str, outcome: Any, value: Any) -> HandlerResult:
+        """The result of a finished step: ``value`` is the scalar a "value" status gave,
+        else it is read from ``outcome``."""
         limits = self._vm.limits
         if status == "done" and self.cpu_used > limits.cpu_seconds:
             # It finished inside one C call (no hook tick came after the limit): still over.
@@ -325,10 +364,10 @@ class LuaRun:
         if status == "done":
             try:
                 door = self._vm._door
-                value = door.to_python(
-                    door.item(outcome, "value", "the handler's return value"),
-                    "the handler's return value",
-                    limits.result_bytes, "the result limit")
+                if outcome is not None:
+                    value = door.item(outcome, "value", "the handler's return value")
+                value = door.to_python(value, "the handler's return value",
+                                       limits.result_bytes, "the result limit")
             except ValueConversionError as error:
                 return self._fail(str(error), None)
             self.finished = True

@@ -23,6 +23,7 @@ from moonshard.events import Event, HandlerResult
 from moonshard.host.ratelimit import GcraLimiter
 from moonshard.host.runner import HandlerRunner
 from moonshard.limits import Limits
+from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.loading import build_vm
 from moonshard.sandbox.vm import TenantVM
 from moonshard.store.api import OutboxEvent, Store
@@ -86,6 +87,8 @@ class ActorServices:
     fire_timer: Callable[[TenantActor, TimerRef], Awaitable[None]]
     # Counts jobs across the worker's mailboxes.
     dequeued: Callable[[], None]
+    # The CPU alarm of the Lua threads the steps run on (None: hooks set from the start).
+    cpu_alarm: CpuAlarm | None = None
 
 
 class TenantActor:
@@ -224,7 +227,8 @@ class TenantActor:
     async def _build(self, template_set: TemplateSet) -> TenantVM:
         services = self._services
         return await build_vm(template_set, services.limits, self._tenant_log,
-                              services.step_runner(self, "(load)"))
+                              services.step_runner(self, "(load)"),
+                              cpu_alarm=services.cpu_alarm)
 
     async def _after_build(self, vm: TenantVM, template_set: TemplateSet,
                            reason: BuildReason) -> None:

@@ -95,12 +95,14 @@ class WorkerCore:
         # Discord (its REST client opens on first use, on this worker's loop).
         self._discord = DiscordHost.from_config(_discord_config(config.discord))
         self._runner = HandlerRunner(store, config.limits, log, on_commit=self._committed,
-                                     capabilities={**CAPABILITIES, "discord": self._open_discord})
+                                     capabilities={**CAPABILITIES, "discord": self._open_discord},
+                                     opened_at_start=frozenset({"discord"}))
         self._services = ActorServices(
             store=store, limits=config.limits, runner=self._runner,
             step_runner=self._step_runner, log=log,
             make_room=lambda: self.cache.make_room(self._actors.values()),
-            fire_timer=self._delivery.fire, dequeued=self._dequeued)
+            fire_timer=self._delivery.fire, dequeued=self._dequeued,
+            cpu_alarm=self._steps.cpu_alarm)
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:

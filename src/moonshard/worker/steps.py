@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from moonshard.sandbox.vm import TenantVM
+from moonshard.sandbox.cpualarm import CpuAlarm
+from moonshard.sandbox.vm import HOOK_COUNT, TenantVM
 from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
 
@@ -71,7 +72,7 @@ class LuaSteps:
     """The Lua threads and the watchdog of one worker. Enter it to start them."""
 
     __slots__ = ("_finished", "_hard_limit", "_ids", "_index", "_jobs", "_labels", "_on_stuck",
-                 "_threads", "_watchdog")
+                 "_threads", "_watchdog", "cpu_alarm")
 
     def __init__(self, index: int, threads: int, hard_limit: float, on_stuck: OnStuck) -> None:
         self._index = index
@@ -88,20 +89,28 @@ class LuaSteps:
         self._labels: dict[str, TenantId] = {}
         self._ids = itertools.count()
         self._finished: _Finished | None = None
+        # For the VMs whose steps run here: their CPU hooks are set near a budget's end.
+        self.cpu_alarm = CpuAlarm.open(HOOK_COUNT)
 
     def __enter__(self) -> LuaSteps:
         self._watchdog.__enter__()
+        if self.cpu_alarm is not None:
+            self.cpu_alarm.__enter__()
         for thread in self._threads:
             thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
+        if self.cpu_alarm is not None:
+            self.cpu_alarm.close()
         self._watchdog.__exit__(kind, error, trace)
 
     def shutdown(self, *, wait: bool) -> None:
         """Cancels the steps not started yet and ends the threads (waiting for running steps
         when ``wait``)."""
+        if self.cpu_alarm is not None:
+            self.cpu_alarm.close()  # it signals the Lua threads: it stops before they end
         while True:
             try:
                 job = self._jobs.get_nowait()

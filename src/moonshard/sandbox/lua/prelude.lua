@@ -8,13 +8,15 @@
 --   bridge.clock()                 CPU seconds of the calling OS thread
 --   bridge.json_decode(s)          -> answer
 --   bridge.log(level, template, message)
--- Every bridge function except the clock answers (true, {value}), (false, {message}) or
+--   bridge.running(state)          a run's step starts: `state` is its coroutine's address
+--                                  (config.lazy_hook only; see new_run_thread)
+-- Every bridge function except the clock and running answers (true, {value}), (false, {message}) or
 -- (nil, limit kind) and never raises; call_python turns anything else into a plain message.
 -- Values come boxed in a table the host built with the memory limit lifted: handing over a
 -- table allocates nothing, so running out of memory can never happen inside lupa's C code.
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
 --   config.log_line_bytes, config.log_lines_per_run, config.load_bytes,
---   config.json_encode_bytes, config.json_max_depth
+--   config.json_encode_bytes, config.json_max_depth, config.lazy_hook
 --   config.libraries               name -> source of each @moonshard/<name> library
 
 local bridge, config = ...
@@ -43,6 +45,8 @@ local py_json_decode, py_log = bridge.json_decode, bridge.log
 
 local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
+local LAZY_HOOK = config.lazy_hook
+local py_running = bridge.running
 local PATTERN_STEPS = config.pattern_steps
 local LOG_LINE_BYTES = config.log_line_bytes
 local LOG_LINES_PER_RUN = config.log_lines_per_run
@@ -119,6 +123,8 @@ local function template_traceback(co, message)
   return real_concat(lines, "\n")
 end
 
+local hook_ref = {}  -- {hook}: trip is defined before the hook it sets
+
 local function limit_message(run)
   return (run.position or "") .. LIMIT_MESSAGES[run.tripped]
 end
@@ -130,6 +136,8 @@ local function trip(kind)
     if not run.tripped then
       run.tripped = kind
       run.position = template_position(3)
+      -- From now on every tick raises again (see hook), so pcall cannot swallow the limit.
+      if LAZY_HOOK then sethook(run.co, hook_ref[1], "", HOOK_COUNT) end
     end
     real_error(limit_message(run), 0)
   end
@@ -143,6 +151,7 @@ local function hook()
   if run.tripped then real_error(limit_message(run), 0) end
   if clock() > run.deadline then trip("cpu") end
 end
+hook_ref[1] = hook
 
 local function check_tripped()
   local run = current
@@ -189,6 +198,21 @@ local function new_thread(fn)
   local co = real_create(fn)
   sethook(co, hook, "", HOOK_COUNT)
   return co
+end
+
+-- A run's own coroutine. With config.lazy_hook its hook is registered but not set: a count
+-- hook slows every instruction while set, so the host's CPU alarm sets it (from a signal
+-- handler on the Lua thread) only when the step's budget is close to spent, and trip sets it
+-- at once. Coroutines a template makes (new_thread) always carry the hook: the alarm arms only
+-- the run's own. Without lazy_hook, the hook is set from the start.
+local function new_run_thread(fn)
+  local co = real_create(fn)
+  if LAZY_HOOK then
+    sethook(co, hook, "", 0)
+    return co, real_format("%p", co)
+  end
+  sethook(co, hook, "", HOOK_COUNT)
+  return co, nil
 end
 
 ---------------------------------------------------------------------------------------------
@@ -986,7 +1010,9 @@ end
 
 local function start_run(fn, ...)
   next_run_id = next_run_id + 1
-  local run = {co = new_thread(fn), args = real_pack(...), deadline = huge, started = false}
+  local co, address = new_run_thread(fn)
+  local run = {co = co, address = address, args = real_pack(...), deadline = huge,
+               started = false}
   runs[next_run_id] = run
   return next_run_id
 end
@@ -1025,13 +1051,15 @@ function kernel.drop_template(box)
 end
 
 -- Builds ctx and event afresh for every run, so no run can change what another sees.
--- box: {template name, version, event name, event id, at, author, data}
+-- box: {template name, version, event name, event id, at, author, data (nil: none)}
 function kernel.start_handler(box)
   local name, version, event_name, event_id = box[1], box[2], box[3], box[4]
   local at, author, data = box[5], box[6], box[7]
   local t = templates[name]
   local handler = t and rawget(t.handlers, event_name)
   if real_type(handler) ~= "function" then return nil end
+  -- An event without data gets an empty object (made here: one call into Lua fewer).
+  if data == nil then data = json_object() end
   local ctx = {
     tenant = {kind = TENANT_KIND, id = TENANT_ID},
     template = {name = name, version = version},
@@ -1052,16 +1080,29 @@ function kernel.start_handler(box)
   return start_run(handler, ctx, event)
 end
 
--- Resumes a run until it finishes or needs the host. Returns the status; the outcome is:
+-- Resumes a run until it finishes or needs the host. Returns the status and, when the run
+-- finished with a number, a boolean or nil, that value ("value" status: nothing to fetch).
+-- Otherwise the outcome is:
 --   {status = "done", value = v} | {status = "host", family, op, args}
 --   {status = "error", message, traceback} | {status = "limit", kind, message, traceback}
 -- `answer` (nil for the first step) is the host's {ok, value, limit}; see host_call.
 -- The outcome of the last step; Python fetches it with kernel.outcome, with the limit lifted
--- (lupa's reference to a returned table is an allocation outside any protected call).
+-- (lupa's reference to a returned table is an allocation outside any protected call; a
+-- number or a boolean is not, so those come back at once).
 local last_outcome = nil
+local last_stepped = nil
 local function finish_step(status, outcome)
   last_outcome = outcome
-  return status
+  return status, nil
+end
+
+local function finish_done(value)
+  local kind = real_type(value)
+  if kind == "number" or kind == "boolean" or kind == "nil" then
+    last_outcome = nil
+    return "value", value
+  end
+  return finish_step("done", {status = "done", value = value})
 end
 
 function kernel.step(id, deadline, answer)
@@ -1069,6 +1110,13 @@ function kernel.step(id, deadline, answer)
   if run == nil then return finish_step("error", {status = "error", message = "no such run"}) end
   run.deadline = deadline
   current = run
+  if LAZY_HOOK then
+    -- Not watched by the alarm (it could not take the step): the hook is set now.
+    if not py_running(run.address) then sethook(run.co, hook, "", HOOK_COUNT) end
+    -- Kept until the next step of this VM: the host's alarm may still name this coroutine
+    -- until Python hears the step ended, so it must not be collected before.
+    last_stepped = run.co
+  end
   local r
   if run.started then
     r = real_pack(real_resume(run.co, answer[1], answer[2], answer[3]))
@@ -1090,7 +1138,7 @@ function kernel.step(id, deadline, answer)
       return finish_step("limit", {status = "limit", kind = run.tripped, message = message,
               traceback = template_traceback(co, message)})
     end
-    if r[1] then return finish_step("done", {status = "done", value = r[2]}) end
+    if r[1] then return finish_done(r[2]) end
     local message = error_text(r[2])
     return finish_step("error", {status = "error", message = message,
                                  traceback = template_traceback(co, message)})
@@ -1102,6 +1150,15 @@ function kernel.step(id, deadline, answer)
   return finish_step("error", {status = "error",
           message = "coroutine.yield was called outside a coroutine: a handler cannot yield",
           traceback = template_traceback(co, "coroutine.yield outside a coroutine")})
+end
+
+-- Starts a handler run and takes its first step: one call into Lua for the common case.
+-- Returns "missing" when the template has no such handler, else the run id and the step's
+-- status and value (see kernel.step).
+function kernel.begin_handler(box, deadline)
+  local id = kernel.start_handler(box)
+  if id == nil then return nil, "missing", nil end
+  return id, kernel.step(id, deadline, nil)
 end
 
 function kernel.outcome()
