@@ -25,7 +25,7 @@ def _tiny_store() -> list[Figure]:
 
 def _tiny_workers() -> list[Figure]:
     return workers_bench.run_workers_bench(scale=workers_bench.WorkersScale(
-        tenants=8, in_flight=4, seconds=0.2, raw_calls=100, recoveries=1))
+        tenants=8, in_flight=4, seconds=0.2, raw_calls=100, recoveries=1, old_tenants_large=12))
 
 
 def _tiny_timers() -> list[Figure]:

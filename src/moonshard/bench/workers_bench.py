@@ -102,9 +102,11 @@ async def _run(scale: WorkersScale) -> list[Figure]:
         if scale.old_tenants_large:
             large_old, _, large_memory = await _thread_per_tenant(scale.old_tenants_large, scale)
             large = (scale.old_tenants_large, large_old, large_memory)
+        rates: dict[tuple[Topology, int], float] = {}
         for topology, workers in _TOPOLOGIES:
             label = f"{topology} ×{workers}"
             cold, warm, extra = await _engine_load(url, topology, workers, tenants, scale)
+            rates[topology, workers] = warm.per_second
             if extra is not None:
                 figures += [
                     Figure(_SUITE, f"dispatches/s vs raw lupa converting the event, {label}, "
@@ -149,6 +151,11 @@ async def _run(scale: WorkersScale) -> list[Figure]:
                        cold.per_second, "dispatches/s", raw_build_rate,
                        "raw lupa: create runtime + load template, one thread"),
             ]
+        figures.append(Figure(
+            _SUITE, f"process ×2 scaling: dispatches/s of 2 workers ÷ 1 worker, {shape}",
+            rates["process", 2], "dispatches/s", rates["process", 1], "process ×1, same run"))
+        if large is not None:
+            figures += await _large_engine_figures(url, large, scale)
         try:
             figures += await _recovery_figures(url, tenants, scale.recoveries)
         except (MoonshardError, OSError, RuntimeError, TimeoutError) as error:
@@ -224,6 +231,25 @@ async def _engine_load(url: str, topology: Topology, workers: int, tenants: Sequ
             idle = await closed_loop(call, in_flight=1, seconds=scale.seconds / 2)
             extra = _OneWorkerFigures(cold, idle, memory)
     return cold, warm, extra
+
+
+async def _large_engine_figures(url: str, large: tuple[int, LoadResult, float],
+                               scale: WorkersScale) -> list[Figure]:
+    """Thread ×1 at the old strategy's large tenant count, beside it."""
+    count, old, old_memory = large
+    tenants = bench_tenants(count)
+    await _store_templates(url, tenants)
+    _, warm, extra = await _engine_load(url, "thread", 1, tenants, scale)
+    assert extra is not None
+    shape = f"{count:,} tenants, {scale.in_flight} in flight"
+    old_name = f"old strategy: {count:,} threads, one runtime and queue each"
+    return [
+        Figure(_SUITE, f"dispatches/s vs thread per tenant, thread ×1, {shape}",
+               warm.per_second, "dispatches/s", old.per_second, old_name),
+        Figure(_SUITE, f"memory per resident tenant VM, thread ×1, {count:,} tenants (process "
+               "RSS growth / tenants)", extra.memory_per_vm / 1024, "KiB", old_memory / 1024,
+               old_name),
+    ]
 
 
 async def _recovery_figures(url: str, tenants: Sequence[TenantId], samples: int) -> list[Figure]:
