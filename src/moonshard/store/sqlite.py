@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
+import urllib.parse
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,8 @@ from moonshard.store.api import (
     KVStore,
     KVWrite,
     OutboxEvent,
+    PointReads,
+    PointReadsClosed,
     RunCancel,
     RunCommit,
     RunEffects,
@@ -222,14 +227,16 @@ _OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "logs", "path", "runs", "templates", "timers",
-                 "tokens")
+    __slots__ = ("_points", "_reader", "_writer", "kv", "logs", "path", "runs", "templates",
+                 "timers", "tokens")
 
-    def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
+    def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads,
+                 point_reads: SqlitePointReads) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self.kv = SqliteKVStore(writer, reader)
+        self._points = point_reads
+        self.kv = SqliteKVStore(writer, reader, point_reads)
         self.templates = SqliteTemplateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
@@ -273,9 +280,10 @@ class SqliteStore(Store):
             if isinstance(error, sqlite3.Error):
                 error.add_note(f"while opening the SQLite database {path}")
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, SqlitePointReads(path, busy_timeout))
 
     async def close(self) -> None:
+        self._points.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -332,8 +340,93 @@ class _Component:
 
 
 # -- key-value ---------------------------------------------------------------------------------
+class _OwnedConnection:
+    """A thread's read connection. Only its thread's ``threading.local`` holds it, so it is
+    closed when that thread ends (the store keeps a weak reference, to close it first)."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class SqlitePointReads(PointReads):
+    """``kv`` point reads on the calling thread (a worker's Lua thread, inside a run's step).
+
+    Each thread gets its own read-only connection to the database file, opened on its first
+    read; the store's writer stays the only connection that writes. Each read is one
+    autocommit statement run to its end (``fetchall``), so its WAL read transaction ends with
+    it: no snapshot is held between reads, and a read sees every commit made before it began
+    (a run reads what an earlier run of its tenant committed).
+    """
+
+    __slots__ = ("_busy_timeout", "_closed", "_lock", "_opened", "_path", "_served", "_thread")
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._thread = threading.local()
+        self._opened: weakref.WeakSet[_OwnedConnection] = weakref.WeakSet()
+        self._lock = threading.Lock()  # guards _opened and _closed against close()
+        self._closed = False
+        self._served = 0
+
+    @property
+    def served(self) -> int:
+        return self._served
+
+    def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        if self._closed:
+            raise PointReadsClosed("the store is closed")
+        owned: _OwnedConnection | None = getattr(self._thread, "owned", None)
+        if owned is None:
+            owned = self._open()
+        rows = owned.conn.execute(_KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
+        # A statistic: threads may race on it, which costs a count, never a read.
+        self._served += 1
+        return _record(scope, key, rows[0]) if rows else None
+
+    def _open(self) -> _OwnedConnection:
+        uri = f"file:{urllib.parse.quote(str(self._path))}?mode=ro"
+        # check_same_thread=False only so that close() may close it from the store's owner.
+        conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout,
+                               isolation_level=None, check_same_thread=False,
+                               cached_statements=64)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+            owned = _OwnedConnection(conn)
+            with self._lock:
+                if self._closed:
+                    raise PointReadsClosed("the store is closed")
+                self._opened.add(owned)
+        except BaseException:
+            conn.close()
+            raise
+        self._thread.owned = owned
+        return owned
+
+    def close(self) -> None:
+        """Ends every thread's reads; a read racing this one fails (its caller falls back)."""
+        with self._lock:
+            self._closed = True
+            owned = list(self._opened)
+            self._opened.clear()
+        for each in owned:
+            with contextlib.suppress(sqlite3.Error):
+                each.conn.close()
+
+
 class SqliteKVStore(_Component, KVStore):
-    __slots__ = ()
+    __slots__ = ("_points",)
+
+    def __init__(self, writer: ConnectionThreads, reader: ConnectionThreads,
+                 points: SqlitePointReads) -> None:
+        super().__init__(writer, reader)
+        self._points = points
+
+    def point_reads(self) -> SqlitePointReads:
+        return self._points
 
     async def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
         return await self._reader.run(_kv_get, tenant, scope, key, now)
