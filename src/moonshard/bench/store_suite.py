@@ -20,6 +20,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -36,6 +37,8 @@ from moonshard.sandbox.loading import build_vm
 from moonshard.sandbox.vm import TenantVM
 from moonshard.store import open_store
 from moonshard.store.api import KVSet, Store
+from moonshard.store.baseline import sqlite_point_reads
+from moonshard.store.sqlite import SqliteStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
@@ -144,6 +147,9 @@ async def _lua_figures(label: str, url: str, seconds: float) -> tuple[list[Figur
                 figures.append(Figure(
                     _SUITE, f"{label}: ctx.kv.get from Lua, {_callers(callers)}", lua, "gets/s",
                     raw["get", callers], f"raw KVStore.get, {callers} caller(s)"))
+                if callers == 1 and isinstance(store, SqliteStore):
+                    figures.append(await _beside_plain_sqlite3(
+                        label, lua, store.path, tenants[0].tenant, seconds))
             for callers in (1, CONCURRENCY):
                 lua, raw["commit", callers] = await bench.commits(tenants[:callers])
                 figures.append(Figure(
@@ -153,6 +159,16 @@ async def _lua_figures(label: str, url: str, seconds: float) -> tuple[list[Figur
     finally:
         executor.shutdown(wait=True)
     return figures, raw
+
+
+async def _beside_plain_sqlite3(label: str, lua: float, path: Path, tenant: TenantId,
+                                seconds: float) -> Figure:
+    """The 1-tenant ``ctx.kv.get`` figure again, beside plain ``sqlite3`` reading the same
+    keys on the calling thread (store_bench's baseline loop), measured right after it."""
+    keys = [f"key:{(number * 7919) % _KEYS}" for number in range(1, _KEYS + 1)]
+    plain = await asyncio.to_thread(sqlite_point_reads, path, tenant, keys, seconds)
+    return Figure(_SUITE, f"{label}: ctx.kv.get from Lua, 1 tenant, beside plain sqlite3", lua,
+                  "gets/s", plain, "plain sqlite3 point read on the calling thread, 1 caller")
 
 
 def _quiet_tenant(tenant: TenantId, level: str, template: str, message: str) -> None:

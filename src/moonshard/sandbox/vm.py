@@ -156,20 +156,21 @@ class TenantVM:
         answerer = self._now
         if answerer is None:
             return None
+        door = self._door
         try:
             if not answerer.answers_now(family, op):
                 return None
-            door = self._door
+            # One lift for the whole answer (the door's own lifts nest inside it for free).
             with door.lifted():
                 try:
                     args = self._read_arguments(packed)
                 except ValueConversionError as error:
                     # As the awaited path answers it: at the template's line, unprefixed.
                     return door.box_text(False, str(error))
-            answer = answerer.answer_now(family, op, args)
-            if answer is None:
-                return None
-            return self._box_answer(answer)
+                answer = answerer.answer_now(family, op, args)
+                if answer is None:
+                    return None
+                return self._box_answer(answer)
         except Exception:
             # Nothing answered: the call leaves Lua as a host request, whose path reports
             # whatever failed here.
@@ -178,9 +179,17 @@ class TenantVM:
     def _read_arguments(self, packed: Any) -> list[JsonValue]:
         """A host call's arguments (the kernel's ``table.pack``), read raw and bounded."""
         door, budget = self._door, self.limits.memory_bytes
-        return [door.to_python(door.item(packed, index, f"argument #{index}"),
-                               f"argument #{index}", budget, "the VM's memory limit")
-                for index in range(1, int(packed["n"]) + 1)]
+        args: list[JsonValue] = []
+        for index in range(1, int(packed["n"]) + 1):
+            what = f"argument #{index}"
+            value = door.item(packed, index, what)
+            # A key is a string: within the budget it is read as it is (to_python would
+            # only count it); anything else takes the door's full walk.
+            if type(value) is str and len(value) + 2 <= budget:
+                args.append(value)
+            else:
+                args.append(door.to_python(value, what, budget, "the VM's memory limit"))
+        return args
 
     def _box_answer(self, answer: tuple[bool, JsonValue]) -> Any:
         """The host's answer as the kernel takes it: {ok, value or message, limit kind}."""
