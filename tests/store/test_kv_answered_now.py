@@ -140,11 +140,14 @@ async def test_gets_of_committed_keys_are_read_on_the_lua_thread_on_sqlite(
     end}""")
     assert result.ok, result.error
     assert result.value == 10
+    record = await run('return {GO = function(ctx) return ctx.kv.record("k3").value end}')
+    assert record.value == {"n": 3}
     if dialect == "sqlite":
         assert before is not None
-        assert _served(store) == before + 5
+        assert _served(store) == before + 6
     else:
-        assert before is None and _served(store) is None  # PostgreSQL: every get awaited
+        assert before is None  # PostgreSQL: every get is awaited
+        assert _served(store) is None
 
 
 async def test_a_get_of_the_runs_own_write_needs_no_read(
@@ -229,6 +232,10 @@ HOSTILE_CALLS = [
     'ctx.kv.get(math.huge)',
     'ctx.kv.get("k", nil, "extra")',
 ]
+
+
+HOSTILE_CALLS += [call.replace("ctx.kv.get", "ctx.kv.record") for call in HOSTILE_CALLS[:8]]
+HOSTILE_CALLS += ['ctx.kv.record("k")', 'ctx.kv.record("missing")']
 
 
 @pytest.mark.parametrize("call", HOSTILE_CALLS)

@@ -67,6 +67,8 @@ _WRITE_OVERHEAD = 128
 _MAX_DEPTH = 100
 
 _SCOPE_ONLY = frozenset({"scope"})
+# The calls answer_now can answer: point reads of one key.
+_READ_NOW = frozenset({"get", "record"})
 _SET_OPTIONS = frozenset({"scope", "ttl", "expires_at", "resume"})
 _FIND_OPTIONS = frozenset({"scope", "limit", "after"})
 
@@ -153,11 +155,12 @@ class KVSession(Capability, RunScope):
             "find, count, top, rank, batch)")
 
     def answers_now(self, op: str) -> bool:
-        return op == "get" and self._points is not None
+        return op in _READ_NOW and self._points is not None
 
     def answer_now(self, op: str, args: Sequence[JsonValue]) -> tuple[JsonValue] | None:
-        """``get`` on the calling thread: from the run's own writes, or the store's point
-        reads (SQLite). The same checks, rate cost, errors and answer as ``call``."""
+        """``get`` and ``record`` on the calling thread: from the run's own writes, or the
+        store's point reads (SQLite). The same checks, rate cost, errors and answer as
+        ``call``."""
         if not self.answers_now(op):
             return None
         key = args[0] if args else None
@@ -175,7 +178,9 @@ class KVSession(Capability, RunScope):
             return None  # nothing charged, nothing changed: ``call`` answers it
         self._begin(1)
         (record,) = found
-        return (None if record is None else record.value,)
+        if record is None:
+            return (None,)
+        return (record.value if op == "get" else record.to_json(),)
 
     def _read_now(self, scope: str, key: str) -> tuple[KVRecord | None] | None:
         """``_read`` without waiting: ``(record,)``, or None when only the store's awaited
