@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -340,34 +339,26 @@ class _Component:
 
 
 # -- key-value ---------------------------------------------------------------------------------
-class _OwnedConnection:
-    """A thread's read connection. Only its thread's ``threading.local`` holds it, so it is
-    closed when that thread ends (the store keeps a weak reference, to close it first)."""
-
-    __slots__ = ("__weakref__", "conn")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-
 class SqlitePointReads(PointReads):
     """``kv`` point reads on the calling thread (a worker's Lua thread, inside a run's step).
 
     Each thread gets its own read-only connection to the database file, opened on its first
-    read; the store's writer stays the only connection that writes. Each read is one
-    autocommit statement run to its end (``fetchall``), so its WAL read transaction ends with
-    it: no snapshot is held between reads, and a read sees every commit made before it began
-    (a run reads what an earlier run of its tenant committed).
+    read and held by this object's ``threading.local`` (so it is closed when the thread ends,
+    or when this object goes); the store's writer stays the only connection that writes. Each
+    read is one autocommit statement run to its end (``fetchall``), so its WAL read
+    transaction ends with it: no snapshot is held between reads, and a read sees every commit
+    made before it began (a run reads what an earlier run of its tenant committed).
+
+    A connection is only ever touched by its own thread, closing included: after ``close()``
+    each thread closes its own on its next read (which then fails, so its caller falls back).
     """
 
-    __slots__ = ("_busy_timeout", "_closed", "_lock", "_opened", "_path", "_served", "_thread")
+    __slots__ = ("_busy_timeout", "_closed", "_path", "_served", "_thread")
 
     def __init__(self, path: Path, busy_timeout: float) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
         self._thread = threading.local()
-        self._opened: weakref.WeakSet[_OwnedConnection] = weakref.WeakSet()
-        self._lock = threading.Lock()  # guards _opened and _closed against close()
         self._closed = False
         self._served = 0
 
@@ -376,45 +367,41 @@ class SqlitePointReads(PointReads):
         return self._served
 
     def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        conn: sqlite3.Connection | None = getattr(self._thread, "conn", None)
         if self._closed:
+            self._close_own(conn)
             raise PointReadsClosed("the store is closed")
-        owned: _OwnedConnection | None = getattr(self._thread, "owned", None)
-        if owned is None:
-            owned = self._open()
-        rows = owned.conn.execute(_KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
+        if conn is None:
+            conn = self._open()
+        rows = conn.execute(_KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
         # A statistic: threads may race on it, which costs a count, never a read.
         self._served += 1
         return _record(scope, key, rows[0]) if rows else None
 
-    def _open(self) -> _OwnedConnection:
+    def _open(self) -> sqlite3.Connection:
         uri = f"file:{urllib.parse.quote(str(self._path))}?mode=ro"
-        # check_same_thread=False only so that close() may close it from the store's owner.
         conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout,
-                               isolation_level=None, check_same_thread=False,
-                               cached_statements=64)
+                               isolation_level=None, cached_statements=64)
         try:
             conn.execute("PRAGMA query_only=1")
             conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
-            owned = _OwnedConnection(conn)
-            with self._lock:
-                if self._closed:
-                    raise PointReadsClosed("the store is closed")
-                self._opened.add(owned)
         except BaseException:
             conn.close()
             raise
-        self._thread.owned = owned
-        return owned
+        self._thread.conn = conn
+        return conn
+
+    def _close_own(self, conn: sqlite3.Connection | None) -> None:
+        if conn is not None:
+            self._thread.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
     def close(self) -> None:
-        """Ends every thread's reads; a read racing this one fails (its caller falls back)."""
-        with self._lock:
-            self._closed = True
-            owned = list(self._opened)
-            self._opened.clear()
-        for each in owned:
-            with contextlib.suppress(sqlite3.Error):
-                each.conn.close()
+        """Ends the reads: the calling thread's connection now, the others' at their next
+        read (or when their thread ends)."""
+        self._closed = True
+        self._close_own(getattr(self._thread, "conn", None))
 
 
 class SqliteKVStore(_Component, KVStore):
