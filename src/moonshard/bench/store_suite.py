@@ -20,6 +20,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -36,6 +37,8 @@ from moonshard.sandbox.loading import build_vm
 from moonshard.sandbox.vm import TenantVM
 from moonshard.store import open_store
 from moonshard.store.api import KVSet, Store
+from moonshard.store.baseline import sqlite_point_reads
+from moonshard.store.sqlite import SqliteStore
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
@@ -144,6 +147,9 @@ async def _lua_figures(label: str, url: str, seconds: float) -> tuple[list[Figur
                 figures.append(Figure(
                     _SUITE, f"{label}: ctx.kv.get from Lua, {_callers(callers)}", lua, "gets/s",
                     raw["get", callers], f"raw KVStore.get, {callers} caller(s)"))
+                if callers == 1 and isinstance(store, SqliteStore):
+                    figures.append(await _beside_plain_sqlite3(
+                        label, bench, tenants[0], store.path, seconds))
             for callers in (1, CONCURRENCY):
                 lua, raw["commit", callers] = await bench.commits(tenants[:callers])
                 figures.append(Figure(
@@ -153,6 +159,26 @@ async def _lua_figures(label: str, url: str, seconds: float) -> tuple[list[Figur
     finally:
         executor.shutdown(wait=True)
     return figures, raw
+
+
+# Rounds of the ctx.kv.get ÷ plain sqlite3 figure: each side's best round is kept, so a
+# moment of other work on a shared machine does not decide the ratio.
+_PLAIN_ROUNDS = 3
+
+
+async def _beside_plain_sqlite3(label: str, bench: _LuaKV, slot: _Tenant, path: Path,
+                                seconds: float) -> Figure:
+    """``ctx.kv.get`` from Lua for one tenant beside plain ``sqlite3`` reading the same keys
+    on the calling thread (store_bench's baseline loop), in alternating rounds."""
+    keys = [f"key:{(number * 7919) % _KEYS}" for number in range(1, _KEYS + 1)]
+    lua = plain = 0.0
+    for _ in range(_PLAIN_ROUNDS):
+        lua = max(lua, await bench.lua_gets([slot]))
+        plain = max(plain, await asyncio.to_thread(
+            sqlite_point_reads, path, slot.tenant, keys, seconds))
+    return Figure(_SUITE, f"{label}: ctx.kv.get from Lua, 1 tenant, beside plain sqlite3 "
+                  f"(best of {_PLAIN_ROUNDS} alternating rounds each)", lua, "gets/s", plain,
+                  "plain sqlite3 point read on the calling thread, 1 caller")
 
 
 def _quiet_tenant(tenant: TenantId, level: str, template: str, message: str) -> None:
@@ -194,18 +220,22 @@ class _LuaKV:
     async def _rate(self, call: Callable[[int, int], Awaitable[object]], callers: int) -> float:
         return (await closed_loop(call, in_flight=callers, seconds=self._seconds)).per_second
 
-    async def gets(self, tenants: list[_Tenant]) -> tuple[float, float]:
+    async def lua_gets(self, tenants: list[_Tenant]) -> float:
+        """``ctx.kv.get`` from Lua per second, one handler run at a time per tenant."""
         event_data: JsonValue = {"n": _GETS_PER_RUN, "keys": _KEYS}
 
         async def from_lua(lane: int, number: int) -> None:
             await self._run_handler(tenants[lane], Event("GETS", event_data))
 
+        return await self._rate(from_lua, len(tenants)) * _GETS_PER_RUN
+
+    async def gets(self, tenants: list[_Tenant]) -> tuple[float, float]:
         async def raw(lane: int, number: int) -> None:
             key = f"key:{(number * 7919) % _KEYS}"
             await self._store.kv.get(tenants[lane].tenant, "default", key, now=time.time())
 
-        runs = await self._rate(from_lua, len(tenants))
-        return runs * _GETS_PER_RUN, await self._rate(raw, len(tenants))
+        lua = await self.lua_gets(tenants)
+        return lua, await self._rate(raw, len(tenants))
 
     async def commits(self, tenants: list[_Tenant]) -> tuple[float, float]:
         async def from_lua(lane: int, number: int) -> None:

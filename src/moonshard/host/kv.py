@@ -67,6 +67,8 @@ _WRITE_OVERHEAD = 128
 _MAX_DEPTH = 100
 
 _SCOPE_ONLY = frozenset({"scope"})
+# The calls answer_now can answer: point reads of one key.
+_READ_NOW = frozenset({"get", "record"})
 _SET_OPTIONS = frozenset({"scope", "ttl", "expires_at", "resume"})
 _FIND_OPTIONS = frozenset({"scope", "limit", "after"})
 
@@ -92,7 +94,8 @@ class KVSession(Capability, RunScope):
     """The ``ctx.kv`` capability of one handler run of one tenant."""
 
     __slots__ = ("_clock", "_closed", "_limiter", "_limits", "_max_pending_bytes",
-                 "_pending", "_pending_bytes", "_store", "_stored_rows", "_tenant", "_writes")
+                 "_pending", "_pending_bytes", "_points", "_store", "_stored_rows", "_tenant",
+                 "_writes")
 
     def __init__(
         self, store: KVStore, tenant: TenantId, limits: Limits, rate_limiter: GcraLimiter,
@@ -100,6 +103,8 @@ class KVSession(Capability, RunScope):
         max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self._store = store
+        # Committed rows read on the calling thread (SQLite), for answer_now; None: none.
+        self._points = store.point_reads()
         self._tenant = tenant
         self._limits = limits
         self._limiter = rate_limiter
@@ -148,6 +153,49 @@ class KVSession(Capability, RunScope):
         raise HostCallError(
             f"ctx.kv has no operation {op!r} (it has get, record, set, delete, incr, expire, "
             "find, count, top, rank, batch)")
+
+    def answers_now(self, op: str) -> bool:
+        return op in _READ_NOW and self._points is not None
+
+    def answer_now(self, op: str, args: Sequence[JsonValue]) -> tuple[JsonValue] | None:
+        """``get`` and ``record`` on the calling thread: from the run's own writes, or the
+        store's point reads (SQLite). The same checks, rate cost, errors and answer as
+        ``call``."""
+        if not self.answers_now(op):
+            return None
+        key = args[0] if args else None
+        opts = args[1] if len(args) > 1 else None
+        try:
+            options = _options(opts, _SCOPE_ONLY)
+            scope, checked_key = _scope(options), _key(key, self._limits)
+        except (HostCallError, LimitExceeded):
+            # ``get`` charges the call before it checks it: a refused call costs its token,
+            # and a closed session or an empty bucket is what the template hears first.
+            self._begin(1)
+            raise
+        found = self._read_now(scope, checked_key)
+        if found is None:
+            return None  # nothing charged, nothing changed: ``call`` answers it
+        self._begin(1)
+        (record,) = found
+        if record is None:
+            return (None,)
+        return (record.value if op == "get" else record.to_json(),)
+
+    def _read_now(self, scope: str, key: str) -> tuple[KVRecord | None] | None:
+        """``_read`` without waiting: ``(record,)``, or None when only the store's awaited
+        read can answer."""
+        entry = self._pending.get((scope, key))
+        now = self._clock()
+        if entry is not None and entry.dirty:
+            row = entry.row
+            return (row if row is not None and row.is_live(now) else None,)
+        if self._points is None:
+            return None
+        try:
+            return (self._points.get(self._tenant, scope, key, now=now),)
+        except Exception:  # closed, or the database failed: the awaited read will say so
+            return None
 
     # -- operations (arguments as the template gave them, unchecked) -----------------------
     async def get(self, key: JsonValue, opts: JsonValue = None) -> JsonValue:

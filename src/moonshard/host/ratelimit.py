@@ -11,6 +11,7 @@ sustained, with no timer and no refill loop. The limiter belongs to whoever owns
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import MappingProxyType
@@ -54,9 +55,10 @@ _PRUNE_AT = 4096
 
 
 class GcraLimiter:
-    """GCRA buckets keyed by (family, key). Not thread-safe: one owner, one event loop."""
+    """GCRA buckets keyed by (family, key). Thread-safe: a worker's event loop and its Lua
+    threads (where ``ctx.kv`` reads are answered at once) take from the same buckets."""
 
-    __slots__ = ("_clock", "_rates", "_tat")
+    __slots__ = ("_clock", "_lock", "_rates", "_tat")
 
     def __init__(
         self, rates: Mapping[str, Rate] = DEFAULT_RATES, *,
@@ -65,6 +67,8 @@ class GcraLimiter:
         self._rates = MappingProxyType(dict(rates))
         self._clock = clock
         self._tat: dict[tuple[str, Hashable], float] = {}
+        # Each take reads and writes a bucket, and pruning walks them all: one at a time.
+        self._lock = threading.Lock()
 
     def rate(self, family: str) -> Rate | None:
         return self._rates.get(family)
@@ -75,6 +79,10 @@ class GcraLimiter:
         rate = self._rates.get(family)
         if rate is None:
             return 0.0
+        with self._lock:
+            return self._take(family, rate, cost, key)
+
+    def _take(self, family: str, rate: Rate, cost: int, key: Hashable) -> float:
         now = self._clock()
         interval = rate.interval
         bucket = (family, key)
@@ -94,6 +102,10 @@ class GcraLimiter:
                         ) -> tuple[str, float] | None:
         """Takes one from every family's bucket, or from none: ``None`` if all allowed, else
         the family with the longest wait and that wait (nothing taken)."""
+        with self._lock:
+            return self._take_all(families, key)
+
+    def _take_all(self, families: Sequence[str], key: Hashable) -> tuple[str, float] | None:
         now = self._clock()
         worst: tuple[str, float] | None = None
         planned: list[tuple[tuple[str, Hashable], float]] = []

@@ -9,7 +9,7 @@ from typing import TypeVar
 from moonshard.contracts.sandbox import Capability
 from moonshard.errors import HostCallError, LimitExceeded, NotBuiltError, ValueConversionError
 from moonshard.events import HandlerResult
-from moonshard.sandbox.vm import HostRequest, LuaRun
+from moonshard.sandbox.vm import HostRequest, LuaRun, NowAnswerer
 from moonshard.values import JsonValue
 
 __all__ = ["StepRunner", "drive", "run_inline"]
@@ -31,8 +31,10 @@ async def run_inline(step: Callable[[], _T]) -> _T:
 async def drive(
     run: LuaRun, capabilities: Mapping[str, Capability], run_step: StepRunner[object],
 ) -> HandlerResult:
-    """Runs ``run`` to the end, answering its host requests from ``capabilities``."""
+    """Runs ``run`` to the end, answering its host requests from ``capabilities``: at once
+    inside the step where a capability can (``Capability.answer_now``), else awaited here."""
     answer: tuple[bool, JsonValue] | None = None
+    run.now_answerer = _CapabilitiesNow(capabilities)
     try:
         while True:
             outcome = await run_step(functools.partial(run.step, answer))
@@ -55,3 +57,27 @@ async def _answer(
         return True, await capability.call(request.op, request.args)
     except _TEMPLATE_VISIBLE as error:
         return False, f"{name}: {error}"
+
+
+class _CapabilitiesNow(NowAnswerer):
+    """The capabilities' ``answer_now``, with the driver's wording of errors."""
+
+    __slots__ = ("_capabilities",)
+
+    def __init__(self, capabilities: Mapping[str, Capability]) -> None:
+        self._capabilities = capabilities
+
+    def answers_now(self, family: str, op: str) -> bool:
+        capability = self._capabilities.get(family)
+        return capability is not None and capability.answers_now(op)
+
+    def answer_now(self, family: str, op: str,
+                   args: list[JsonValue]) -> tuple[bool, JsonValue] | None:
+        capability = self._capabilities.get(family)
+        if capability is None:
+            return None
+        try:
+            answered = capability.answer_now(op, args)
+        except _TEMPLATE_VISIBLE as error:
+            return False, f"ctx.{family}.{op}: {error}"
+        return None if answered is None else (True, answered[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib.resources
 import json
@@ -21,7 +22,7 @@ from moonshard.sandbox.libraries import BUILTIN_LIBRARY_SOURCES
 from moonshard.tenants import TenantId
 from moonshard.values import JsonValue
 
-__all__ = ["HOOK_COUNT", "HostRequest", "LogSink", "LuaRun", "TenantVM"]
+__all__ = ["HOOK_COUNT", "HostRequest", "LogSink", "LuaRun", "NowAnswerer", "TenantVM"]
 
 # Instructions between two checks of the CPU clock (the hook itself costs little per tick).
 HOOK_COUNT = 1000
@@ -51,6 +52,22 @@ class HostRequest:
     args: list[JsonValue]
 
 
+class NowAnswerer(abc.ABC):
+    """Answers some host calls of a run at once, on the Lua thread, inside the run's step
+    (the template's call never leaves Lua as a host request)."""
+
+    @abc.abstractmethod
+    def answers_now(self, family: str, op: str) -> bool:
+        """Whether ``answer_now`` may answer this call (asked before reading its arguments)."""
+
+    @abc.abstractmethod
+    def answer_now(self, family: str, op: str,
+                   args: list[JsonValue]) -> tuple[bool, JsonValue] | None:
+        """The answer as the driver would give it, (True, value) or (False, message), or
+        None: the call leaves Lua as a host request after all. Must never wait for the event
+        loop."""
+
+
 class TenantVM:
     """The Lua state of one tenant. Used by one thread at a time; never shared between tenants.
 
@@ -66,6 +83,7 @@ class TenantVM:
         "_handlers",
         "_kernel",
         "_log",
+        "_now",
         "_runtime",
         "_step_budget",
         "broken",
@@ -84,6 +102,8 @@ class TenantVM:
         self._alarm = cpu_alarm
         # The CPU budget of the step about to run, for the alarm (set on the stepping thread).
         self._step_budget = 0.0
+        # The answerer of the run being stepped (set only during its step), for answer_now.
+        self._now: NowAnswerer | None = None
         # template name -> the events it handles, as its init.lua returned them
         self._handlers: dict[str, frozenset[str]] = {}
         self._runtime = lua54.LuaRuntime(
@@ -91,6 +111,7 @@ class TenantVM:
             attribute_filter=_deny_attribute, max_memory=limits.memory_bytes,
         )
         bridge = self._runtime.table_from({
+            "answer_now": self._answer_now,
             "clock": time.thread_time,
             "json_decode": self._json_decode,
             "log": self._log_line,
@@ -147,6 +168,65 @@ class TenantVM:
         except Exception:
             return False
         return True
+    def _answer_now(self, family: str, op: str, packed: Any) -> Any:
+        """The answer box of a host call the running run's answerer gives at once (what
+        ``LuaRun.step`` would hand the next step), or None: the call yields as usual.
+
+        It runs inside a Python callback of the template's coroutine, so it never raises, and
+        it builds Lua values only through the door (limit lifted, size estimated first).
+        """
+        answerer = self._now
+        if answerer is None:
+            return None
+        door = self._door
+        try:
+            if not answerer.answers_now(family, op):
+                return None
+            # One lift for the whole answer (the door's own lifts nest inside it for free).
+            with door.lifted():
+                try:
+                    args = self._read_arguments(packed)
+                except ValueConversionError as error:
+                    # As the awaited path answers it: at the template's line, unprefixed.
+                    return door.box_text(False, str(error))
+                answer = answerer.answer_now(family, op, args)
+                if answer is None:
+                    return None
+                return self._box_answer(answer)
+        except Exception:
+            # Nothing answered: the call leaves Lua as a host request, whose path reports
+            # whatever failed here.
+            return None
+
+    def _read_arguments(self, packed: Any) -> list[JsonValue]:
+        """A host call's arguments (the kernel's ``table.pack``), read raw and bounded."""
+        door, budget = self._door, self.limits.memory_bytes
+        args: list[JsonValue] = []
+        for index in range(1, int(packed["n"]) + 1):
+            what = f"argument #{index}"
+            value = door.item(packed, index, what)
+            # A key is a string: within the budget it is read as it is (to_python would
+            # only count it); anything else takes the door's full walk.
+            if type(value) is str and len(value) + 2 <= budget:
+                args.append(value)
+            else:
+                args.append(door.to_python(value, what, budget, "the VM's memory limit"))
+        return args
+
+    def _box_answer(self, answer: tuple[bool, JsonValue]) -> Any:
+        """The host's answer as the kernel takes it: {ok, value or message, limit kind}."""
+        door = self._door
+        ok, value = answer
+        if not ok:
+            return door.box_text(False, str(value))
+        try:
+            # A host answer of None is Lua's nil (``kv.get`` of a missing key); JSON nulls
+            # inside a value are json.null.
+            return door.box_text(True) if value is None else door.box(True, value)
+        except DoorLimit as limit:
+            return door.box_text(False, None, limit.kind)
+        except ValueConversionError as error:
+            return door.box_text(False, f"the host's answer cannot be given to Lua: {error}")
 
     def _log_line(self, level: str, template: str, message: str) -> tuple[bool, Any]:
         try:
@@ -253,7 +333,8 @@ class LuaRun:
     the host's conversions, which run on the same thread.
     """
 
-    __slots__ = ("_begin", "_id", "_vm", "cpu_used", "event_name", "finished", "template")
+    __slots__ = ("_begin", "_id", "_vm", "cpu_used", "event_name", "finished", "now_answerer",
+                 "template")
 
     def __init__(self, vm: TenantVM, *, template: str, event_name: str,
                  begin: Callable[[float], tuple[int | None, str, Any]]) -> None:
@@ -265,6 +346,8 @@ class LuaRun:
         self.event_name = event_name
         self.cpu_used = 0.0
         self.finished = False
+        # Answers some host calls inside the step (the driver sets it); None: all yield.
+        self.now_answerer: NowAnswerer | None = None
 
     def step(self, answer: tuple[bool, JsonValue] | None = None) -> HostRequest | HandlerResult:
         """Runs until the next host request (returned) or the end (a HandlerResult).
@@ -275,6 +358,7 @@ class LuaRun:
         vm = self._vm
         door = vm._door
         started = time.thread_time()
+        vm._now = self.now_answerer
         try:
             deadline = started + vm.limits.cpu_seconds - self.cpu_used
             vm._step_budget = deadline - started
@@ -314,40 +398,24 @@ class LuaRun:
             # Only the kernel's own code raises here, for example when memory ran out in it.
             return self._fail_limit("memory", None, None)
         finally:
+            vm._now = None
             if vm._alarm is not None:
                 vm._alarm.leave()
             self.cpu_used += time.thread_time() - started
 
     def _box_answer(self, answer: tuple[bool, JsonValue]) -> Any:
-        door = self._vm._door
-        ok, value = answer
-        if not ok:
-            return door.box_text(False, str(value))
-        try:
-            # A host answer of None is Lua's nil (``kv.get`` of a missing key); JSON nulls
-            # inside a value are json.null.
-            return door.box_text(True) if value is None else door.box(True, value)
-        except DoorLimit as limit:
-            return door.box_text(False, None, limit.kind)
-        except ValueConversionError as error:
-            return door.box_text(False, f"the host's answer cannot be given to Lua: {error}")
+        return self._vm._box_answer(answer)
 
     def _read_request(self, outcome: Any) -> tuple[HostRequest | None, Any]:
         """The host request of ``outcome``, or (None, the answer to give the template)."""
-        door = self._vm._door
+        vm = self._vm
         family, op, packed = outcome["family"], outcome["op"], outcome["args"]
         try:
-            count = int(packed["n"])
-            args = [self._read_argument(packed, index) for index in range(1, count + 1)]
+            args = vm._read_arguments(packed)
         except ValueConversionError as error:
             # The template passed something JSON cannot hold: answer at its own line.
-            return None, door.box_text(False, str(error))
+            return None, vm._door.box_text(False, str(error))
         return HostRequest(str(family), str(op), args), None
-
-    def _read_argument(self, packed: Any, index: int) -> JsonValue:
-        door, what = self._vm._door, f"argument #{index}"
-        return door.to_python(door.item(packed, index, what), what,
-                              self._vm.limits.memory_bytes, "the VM's memory limit")
 
     def cancel(self) -> None:
         if not self.finished and self._id is not None:

@@ -35,6 +35,8 @@ __all__ = [
     "KVStore",
     "KVWrite",
     "OutboxEvent",
+    "PointReads",
+    "PointReadsClosed",
     "RunCancel",
     "RunCommit",
     "RunEffects",
@@ -128,6 +130,28 @@ KVResult = KVRecord | bool | None
 """What one write gives: see ``KVStore.apply``."""
 
 
+class PointReads(abc.ABC):
+    """Point reads of committed kv rows answered on the calling thread, with no hand-off.
+
+    Each thread that reads gets a connection of its own. Each read is its own snapshot: it sees
+    every transaction committed before it started.
+    """
+
+    @abc.abstractmethod
+    def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        """``KVStore.get``, on this thread. Raises ``PointReadsClosed`` once the store is
+        closed, or the database's own error (the caller then takes the awaited path)."""
+
+    @property
+    @abc.abstractmethod
+    def served(self) -> int:
+        """Reads answered so far (a statistic, for tests and metrics)."""
+
+
+class PointReadsClosed(Exception):
+    """The store was closed: reads on the calling thread are over."""
+
+
 class KVStore(abc.ABC):
     """Committed key-value state. Reads never return a key whose ``expires_at`` <= ``now``.
 
@@ -139,6 +163,11 @@ class KVStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
         ...
+
+    def point_reads(self) -> PointReads | None:
+        """Reads answered at once on the calling thread, or None when this store has none
+        (PostgreSQL: every read is a round trip, awaited on the event loop)."""
+        return None
 
     @abc.abstractmethod
     async def load_rows(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ from moonshard.store.api import (
     KVStore,
     KVWrite,
     OutboxEvent,
+    PointReads,
+    PointReadsClosed,
     RunCancel,
     RunCommit,
     RunEffects,
@@ -222,14 +226,16 @@ _OUTBOX_DELETE = "DELETE FROM event_outbox WHERE id = ?"
 class SqliteStore(Store):
     """The embedded default store. Open with ``await SqliteStore.open(path)``."""
 
-    __slots__ = ("_reader", "_writer", "kv", "logs", "path", "runs", "templates", "timers",
-                 "tokens")
+    __slots__ = ("_points", "_reader", "_writer", "kv", "logs", "path", "runs", "templates",
+                 "timers", "tokens")
 
-    def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads) -> None:
+    def __init__(self, path: Path, writer: ConnectionThreads, reader: ConnectionThreads,
+                 point_reads: SqlitePointReads) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
-        self.kv = SqliteKVStore(writer, reader)
+        self._points = point_reads
+        self.kv = SqliteKVStore(writer, reader, point_reads)
         self.templates = SqliteTemplateStore(writer, reader)
         self.tokens = SqliteTokenStore(writer, reader)
         self.timers = SqliteTimerStore(writer, reader)
@@ -273,9 +279,10 @@ class SqliteStore(Store):
             if isinstance(error, sqlite3.Error):
                 error.add_note(f"while opening the SQLite database {path}")
             raise
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, SqlitePointReads(path, busy_timeout))
 
     async def close(self) -> None:
+        self._points.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -332,8 +339,81 @@ class _Component:
 
 
 # -- key-value ---------------------------------------------------------------------------------
+class SqlitePointReads(PointReads):
+    """``kv`` point reads on the calling thread (a worker's Lua thread, inside a run's step).
+
+    Each thread gets its own read-only connection to the database file, opened on its first
+    read and held by this object's ``threading.local`` (so it is closed when the thread ends,
+    or when this object goes); the store's writer stays the only connection that writes. Each
+    read is one autocommit statement run to its end (``fetchall``), so its WAL read
+    transaction ends with it: no snapshot is held between reads, and a read sees every commit
+    made before it began (a run reads what an earlier run of its tenant committed).
+
+    A connection is only ever touched by its own thread, closing included: after ``close()``
+    each thread closes its own on its next read (which then fails, so its caller falls back).
+    """
+
+    __slots__ = ("_busy_timeout", "_closed", "_path", "_served", "_thread")
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._thread = threading.local()
+        self._closed = False
+        self._served = 0
+
+    @property
+    def served(self) -> int:
+        return self._served
+
+    def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        conn: sqlite3.Connection | None = getattr(self._thread, "conn", None)
+        if self._closed:
+            self._close_own(conn)
+            raise PointReadsClosed("the store is closed")
+        if conn is None:
+            conn = self._open()
+        rows = conn.execute(_KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
+        # A statistic: threads may race on it, which costs a count, never a read.
+        self._served += 1
+        return _record(scope, key, rows[0]) if rows else None
+
+    def _open(self) -> sqlite3.Connection:
+        uri = f"file:{urllib.parse.quote(str(self._path))}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self._busy_timeout,
+                               isolation_level=None, cached_statements=64)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            conn.execute(f"PRAGMA mmap_size={_MMAP_BYTES}")
+        except BaseException:
+            conn.close()
+            raise
+        self._thread.conn = conn
+        return conn
+
+    def _close_own(self, conn: sqlite3.Connection | None) -> None:
+        if conn is not None:
+            self._thread.conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close(self) -> None:
+        """Ends the reads: the calling thread's connection now, the others' at their next
+        read (or when their thread ends)."""
+        self._closed = True
+        self._close_own(getattr(self._thread, "conn", None))
+
+
 class SqliteKVStore(_Component, KVStore):
-    __slots__ = ()
+    __slots__ = ("_points",)
+
+    def __init__(self, writer: ConnectionThreads, reader: ConnectionThreads,
+                 points: SqlitePointReads) -> None:
+        super().__init__(writer, reader)
+        self._points = points
+
+    def point_reads(self) -> SqlitePointReads:
+        return self._points
 
     async def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
         return await self._reader.run(_kv_get, tenant, scope, key, now)

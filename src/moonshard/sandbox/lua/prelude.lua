@@ -10,6 +10,9 @@
 --   bridge.log(level, template, message)
 --   bridge.running(state)          a run's step starts: `state` is its coroutine's address
 --                                  (config.lazy_hook only; see new_run_thread)
+--   bridge.answer_now(family, op, args) -> {ok, value, limit} (a host answer) or nil
+-- answer_now is the host answering a host call at once, inside the step (no yield); nil
+-- means the call leaves as a host request. It never raises either.
 -- Every bridge function except the clock and running answers (true, {value}), (false, {message}) or
 -- (nil, limit kind) and never raises; call_python turns anything else into a plain message.
 -- Values come boxed in a table the host built with the memory limit lifted: handing over a
@@ -42,6 +45,7 @@ local huge = math_huge
 local getinfo = debug.getinfo
 local clock = bridge.clock
 local py_json_decode, py_log = bridge.json_decode, bridge.log
+local py_answer_now = bridge.answer_now
 
 local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
@@ -950,7 +954,16 @@ local function host_call(family, op, ...)
   if not real_isyieldable() then
     real_error("ctx." .. family .. "." .. op .. " can only be called while a handler runs", 2)
   end
-  local ok, value, limit = real_yield(HOST, family, op, real_pack(...))
+  local args = real_pack(...)
+  local ok, value, limit
+  -- The host may answer at once, on this thread; otherwise the request goes up to the driver.
+  local called, answer = real_pcall(py_answer_now, family, op, args)
+  if called and answer ~= nil then
+    ok, value, limit = answer[1], answer[2], answer[3]
+  else
+    if not called and real_rawequal(answer, MEMORY_ERROR) then trip("memory") end
+    ok, value, limit = real_yield(HOST, family, op, args)
+  end
   if limit then trip(limit) end
   check_tripped()
   if not ok then real_error(template_position(3) .. real_tostring(value), 0) end
