@@ -141,3 +141,12 @@ def test_the_alarm_signals_a_step_past_its_budget(alarm: CpuAlarm) -> None:
     thread.join()
     assert armed.is_set()
     del co
+
+
+def test_closing_an_alarm_never_waits_on_its_idle_thread() -> None:
+    # close() races the alarm's thread going idle; it must end it whatever the interleaving.
+    for _ in range(300):
+        opened = CpuAlarm.open(HOOK_COUNT, tick=0.0001)
+        assert opened is not None
+        with opened:
+            pass

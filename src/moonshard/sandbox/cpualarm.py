@@ -127,10 +127,11 @@ class CpuAlarm:
         due, tick, signum, busy = self._due, self._tick, self._signal, self._busy
         while not self._stop.wait(tick):
             if not due:
-                # Cleared before the check: a step entered after it sets it again (enter
-                # writes its entry first), so no step waits for the next wake-up.
+                # Cleared before the checks: a step entered after it sets it again (enter
+                # writes its entry first), and so does close (after setting stop), so neither
+                # waits for a wake-up that already happened.
                 busy.clear()
-                if not due:
+                if not due and not self._stop.is_set():
                     busy.wait()
                 continue
             now = time.monotonic()
