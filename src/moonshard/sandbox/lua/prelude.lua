@@ -8,6 +8,7 @@
 --   bridge.clock()                 CPU seconds of the calling OS thread
 --   bridge.json_decode(s)          -> answer
 --   bridge.log(level, template, message)
+--   bridge.library_source(name)    -> answer: the source of @moonshard/<name>
 -- Every bridge function except the clock answers (true, {value}), (false, {message}) or
 -- (nil, limit kind) and never raises; call_python turns anything else into a plain message.
 -- Values come boxed in a table the host built with the memory limit lifted: handing over a
@@ -15,7 +16,7 @@
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
 --   config.log_line_bytes, config.log_lines_per_run, config.load_bytes,
 --   config.json_encode_bytes, config.json_max_depth
---   config.libraries               name -> source of each @moonshard/<name> library
+--   config.libraries               the names of the @moonshard/<name> libraries
 
 local bridge, config = ...
 
@@ -40,6 +41,7 @@ local huge = math_huge
 local getinfo = debug.getinfo
 local clock = bridge.clock
 local py_json_decode, py_log = bridge.json_decode, bridge.log
+local py_library_source = bridge.library_source
 
 local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
@@ -803,7 +805,9 @@ local BASE = real_setmetatable(base, {
 frozen[BASE] = true
 
 local BUILTIN_LIBRARIES = {json = JSON}
-local LIBRARY_SOURCES = config.libraries or {}   -- name -> trusted Lua source of @moonshard/name
+-- The sources stay in the host until a template requires one: a VM holds only what it uses.
+local LIBRARY_NAMES = {}
+for _, name in ipairs(config.libraries or {}) do LIBRARY_NAMES[name] = true end
 local LOADING_LIBRARY = {}
 
 -- A library runs in the template's own world: a read-only env on BASE whose require reaches
@@ -813,7 +817,7 @@ local function load_library(lib, loaded)
   local key = "@moonshard/" .. lib
   local found = BUILTIN_LIBRARIES[lib] or loaded[key]
   if real_rawequal(found, LOADING_LIBRARY) then real_error("circular require of '" .. key .. "'", 3) end
-  if found ~= nil or real_type(LIBRARY_SOURCES[lib]) ~= "string" then return found end
+  if found ~= nil or not LIBRARY_NAMES[lib] then return found end
   local lib_env = real_setmetatable({}, {__index = BASE, __metatable = false,
     __newindex = function() real_error(key .. ": a library's globals are read-only", 2) end})
   frozen[lib_env] = true
@@ -825,7 +829,9 @@ local function load_library(lib, loaded)
     end
     return value
   end)
-  local fn, err = real_load(LIBRARY_SOURCES[lib], "@" .. key .. ".lua", "t", lib_env)
+  local source = call_python(py_library_source, "require", lib)
+  if real_type(source) ~= "string" then return nil end
+  local fn, err = real_load(source, "@" .. key .. ".lua", "t", lib_env)
   if not fn then real_error(err, 0) end
   loaded[key] = LOADING_LIBRARY
   local ok, result = real_pcall(fn, key)
