@@ -12,7 +12,8 @@ from moonshard.bench.measure import Figure, mean, percentile, rss_bytes, time_ca
 from moonshard.events import Event
 from moonshard.limits import Limits
 from moonshard.sandbox import TenantVM, drive, run_inline
-from moonshard.sandbox.loading import load_template
+from moonshard.sandbox.loading import build_vm
+from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 
 __all__ = ["run_sandbox_bench"]
@@ -42,9 +43,9 @@ def _quiet(level: str, template: str, message: str) -> None:
 
 
 def _build_vm(tenant: TenantId, limits: Limits) -> TenantVM:
-    vm = TenantVM(tenant, limits, _quiet)
-    asyncio.run(load_template(vm, "bench", _TEMPLATE, run_inline))
-    return vm
+    # As a worker builds it (build_vm), on the calling thread.
+    template_set = TemplateSet(tenant, 1, (Template("bench", _TEMPLATE, ()),))
+    return asyncio.run(build_vm(template_set, limits, _quiet, run_inline))
 
 
 def _bare_runtime() -> lua54.LuaRuntime:

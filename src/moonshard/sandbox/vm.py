@@ -171,6 +171,10 @@ class TenantVM:
     def memory_used(self) -> int:
         return int(self._runtime.get_memory_used())
 
+    def collect_garbage(self) -> None:
+        """A full collection (no template code runs in it: ``__gc`` is refused)."""
+        self._kernel.collect()
+
     # -- templates ------------------------------------------------------------------------
     def compile(self, name: str, files: Mapping[str, str]) -> None:
         """Checks that every file compiles; raises TemplateError with file and line."""

@@ -1120,6 +1120,10 @@ function kernel.cancel(id)
   runs[id] = nil
 end
 
+function kernel.collect()
+  collectgarbage()
+end
+
 kernel.null = null
 kernel.empty_kind = empty_kind
 kernel.find_cycle = find_cycle
