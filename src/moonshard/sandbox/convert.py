@@ -110,7 +110,7 @@ class ValueDoor:
             return self._runtime.table_from(
                 [None if value is None else self._build(value) for value in values])
 
-    def box_text(self, *texts: str | int | float | bool | None) -> Any:
+    def box_text(self, *texts: str | bytes | int | float | bool | None) -> Any:
         """Like ``box`` for the host's own scalars and short texts: never refused."""
         with self.lifted():
             return self._runtime.table_from(list(texts))

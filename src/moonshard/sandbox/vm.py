@@ -41,8 +41,14 @@ def _prelude_source() -> str:
     return (importlib.resources.files("moonshard.sandbox") / "lua" / "prelude.lua").read_text()
 
 
+def _kernel_part_sources() -> Mapping[str, str]:
+    folder = importlib.resources.files("moonshard.sandbox") / "lua" / "parts"
+    return {entry.name.removesuffix(".lua"): entry.read_text(encoding="utf-8")
+            for entry in folder.iterdir() if entry.name.endswith(".lua")}
+
+
 def _compile_kernel(source: str) -> bytes:
-    """The prelude as a stripped binary chunk, compiled once per process.
+    """Kernel code as a stripped binary chunk, compiled once per process.
 
     Parsing 40 KB of Lua was most of a VM's build; each VM now loads this chunk instead (lupa
     cannot share a compiled function between states). Stripped: the kernel's frames carry no
@@ -56,8 +62,11 @@ def _compile_kernel(source: str) -> bytes:
     return bytes(dump(source.encode()))
 
 
-# Built at import: the prelude is part of the package and never changes while it runs.
+# Built at import: the kernel is part of the package and never changes while it runs.
 _KERNEL_CHUNK: bytes = _compile_kernel(_prelude_source())
+# The kernel parts (string, table, json) a VM loads the first time a template touches one.
+_KERNEL_PARTS: Mapping[str, bytes] = MappingProxyType(
+    {name: _compile_kernel(source) for name, source in _kernel_part_sources().items()})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,6 +112,7 @@ class TenantVM:
         bridge = self._runtime.table_from({
             "clock": time.thread_time,
             "json_decode": self._json_decode,
+            "kernel_part": self._kernel_part,
             "library_source": self._library_source,
             "log": self._log_line,
         })
@@ -150,6 +160,12 @@ class TenantVM:
             return False, self._door.box_text(str(error))
         except Exception:
             return False, self._door.box_text("the text could not be decoded")
+
+    def _kernel_part(self, name: str) -> tuple[bool | None, Any]:
+        chunk = _KERNEL_PARTS.get(name)
+        if chunk is None:
+            return False, self._door.box_text(f"no kernel part {name!r}")
+        return True, self._door.box_text(chunk)
 
     def _library_source(self, name: str) -> tuple[bool | None, Any]:
         # Asked the first time a template requires the library (the kernel asks only for the
