@@ -432,6 +432,7 @@ local function part(name)
   end
   value = fn({
     charge = charge, copy = copy, freeze = freeze, trip = trip, check_tripped = check_tripped,
+    debug_getmetatable = debug_getmetatable,
     call_python = call_python, template_position = template_position,
     py_json_decode = py_json_decode, null = null, empty_kind = empty_kind,
     find_cycle = find_cycle, json_object = json_object, MEMORY_ERROR = MEMORY_ERROR,
@@ -805,5 +806,16 @@ kernel.null = null
 kernel.empty_kind = empty_kind
 kernel.find_cycle = find_cycle
 kernel.object = json_object
+
+-- The kernel holds what it uses of these as locals: dropped from the state's globals and its
+-- module cache, an idle VM does not keep them (nor could anything reach them later).
+do
+  local loaded = debug.getregistry()._LOADED
+  for _, name in ipairs({"io", "package", "debug", "python"}) do
+    loaded[name] = nil
+    _G[name] = nil
+  end
+  dofile, loadfile, require, print, warn = nil, nil, nil, nil, nil
+end
 
 return kernel

@@ -4,7 +4,7 @@
 local K = ...
 local charge, copy, freeze, SECONDS_PER_ELEMENT = K.charge, K.copy, K.freeze, K.SECONDS_PER_ELEMENT
 local real_error, real_type, real_select = error, type, select
-local real_rawget, real_rawlen, debug_getmetatable = rawget, rawlen, debug.getmetatable
+local real_rawget, real_rawlen, debug_getmetatable = rawget, rawlen, K.debug_getmetatable
 local real_insert, real_remove, real_move = table.insert, table.remove, table.move
 local math_type, maxinteger = math.type, math.maxinteger
 
