@@ -419,7 +419,11 @@ end
 -- limit is not kept, and the next touch builds it again. Templates see no difference: the
 -- shared BASE (never handed to a template) gains the table; their own globals never do.
 
-local built_parts = {}   -- part name -> its frozen table
+local built_parts = {}   -- part name -> its frozen table (the library loader: a function)
+local BASE   -- the shared read-only globals, made below
+-- The @moonshard/<name> libraries; their sources stay in the host until one is required.
+local LIBRARY_NAMES = {}
+for _, name in ipairs(config.libraries or {}) do LIBRARY_NAMES[name] = true end
 
 local function part(name)
   local value = built_parts[name]
@@ -438,7 +442,8 @@ local function part(name)
     find_cycle = find_cycle, json_object = json_object, MEMORY_ERROR = MEMORY_ERROR,
     PATTERN_STEPS = PATTERN_STEPS, SECONDS_PER_BYTE = SECONDS_PER_BYTE,
     SECONDS_PER_ELEMENT = SECONDS_PER_ELEMENT, JSON_ENCODE_BYTES = JSON_ENCODE_BYTES,
-    JSON_MAX_DEPTH = JSON_MAX_DEPTH,
+    JSON_MAX_DEPTH = JSON_MAX_DEPTH, BASE = BASE, frozen = frozen, part = part,
+    LIBRARY_NAMES = LIBRARY_NAMES, py_library_source = py_library_source,
   })
   built_parts[name] = value
   if name == "string" then string_meta.__index = value end
@@ -468,7 +473,7 @@ local base = {
   coroutine = COROUTINE,
   os = OS,
 }
-local BASE = real_setmetatable(base, {
+BASE = real_setmetatable(base, {
   __index = function(_, key)
     if PARTS[key] then
       local value = part(key)
@@ -483,40 +488,6 @@ local BASE = real_setmetatable(base, {
 })
 frozen[BASE] = true
 
--- The sources stay in the host until a template requires one: a VM holds only what it uses.
-local LIBRARY_NAMES = {}
-for _, name in ipairs(config.libraries or {}) do LIBRARY_NAMES[name] = true end
-local LOADING_LIBRARY = {}
-
--- A library runs in the template's own world: a read-only env on BASE whose require reaches
--- only other built-in libraries, so it is no new route out. `loaded` (the requiring template's
--- module cache) makes it once per template per VM, so templates cannot share its tables.
-local function load_library(lib, loaded)
-  local key = "@moonshard/" .. lib
-  local found = lib == "json" and part("json") or loaded[key]
-  if real_rawequal(found, LOADING_LIBRARY) then real_error("circular require of '" .. key .. "'", 3) end
-  if found ~= nil or not LIBRARY_NAMES[lib] then return found end
-  local lib_env = real_setmetatable({}, {__index = BASE, __metatable = false,
-    __newindex = function() real_error(key .. ": a library's globals are read-only", 2) end})
-  frozen[lib_env] = true
-  real_rawset(lib_env, "require", function(name)
-    local other = real_type(name) == "string" and real_match(name, "^@moonshard/(.+)$")
-    local value = other and load_library(other, loaded)
-    if value == nil then
-      real_error(key .. ": no built-in library '" .. real_tostring(name) .. "'", 2)
-    end
-    return value
-  end)
-  local source = call_python(py_library_source, "require", lib)
-  if real_type(source) ~= "string" then return nil end
-  local fn, err = real_load(source, "@" .. key .. ".lua", "t", lib_env)
-  if not fn then real_error(err, 0) end
-  loaded[key] = LOADING_LIBRARY
-  local ok, result = real_pcall(fn, key)
-  if not ok then loaded[key] = nil; real_error(result, 0) end
-  loaded[key] = result
-  return result
-end
 
 -- At most LOG_LINES_PER_RUN lines per handler run reach the log; one more line says so.
 local function log_line(level, template, text)
@@ -573,7 +544,12 @@ local function new_env(template_name, files)
     end
     local lib = real_match(modname, "^@moonshard/(.+)$")
     if lib then
-      local found = load_library(lib, modules)
+      local found
+      if lib == "json" then
+        found = part("json")
+      elseif LIBRARY_NAMES[lib] then
+        found = part("libraries")(lib, modules)
+      end
       if not found then real_error("no built-in library '" .. modname .. "'", 2) end
       return found
     end
