@@ -199,8 +199,7 @@ async def test_a_vm_build_runs_no_lua_when_the_step_runner_refuses() -> None:
     with pytest.raises(RuntimeError, match="no Lua here"):
         await build_vm(_counter_set(TenantId.guild(9), "a"), Limits(),
                        lambda *line: logs.append(line), refuse)
-    assert logs
-    assert "no Lua here" in logs[0][2]
+    assert logs == []  # not blamed on the template: no VM could be made
 
 
 async def test_a_built_vm_holds_no_compile_garbage() -> None:

@@ -109,6 +109,8 @@ async def build_vm(
             await _load(made.get, template.name, template.files, run_step,
                         collect=position == len(templates) - 1)
         except Exception as error:
+            if made.vm is None:
+                raise  # the VM itself could not be made: no template's fault
             log("error", template.name, f"template failed to load and is skipped: {error}")
     if made.vm is None:
         await run_step(made.get)  # no template: the VM is still built on run_step's thread

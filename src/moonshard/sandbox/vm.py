@@ -64,7 +64,7 @@ def _compile_kernel(source: str) -> bytes:
 
 # Built at import: the kernel is part of the package and never changes while it runs.
 _KERNEL_CHUNK: bytes = _compile_kernel(_prelude_source())
-# The kernel parts (string, table, json) a VM loads the first time a template touches one.
+# The kernel parts (string, table, json, the library loader) a VM loads on first touch.
 _KERNEL_PARTS: Mapping[str, bytes] = MappingProxyType(
     {name: _compile_kernel(source) for name, source in _kernel_part_sources().items()})
 
