@@ -13,8 +13,9 @@ from moonshard.events import Event
 from moonshard.limits import Limits
 from moonshard.sandbox import TenantVM, drive, run_inline
 from moonshard.sandbox.cpualarm import CpuAlarm
-from moonshard.sandbox.loading import load_template
+from moonshard.sandbox.loading import build_vm
 from moonshard.sandbox.vm import HOOK_COUNT
+from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
 
 __all__ = ["run_sandbox_bench"]
@@ -44,9 +45,9 @@ def _quiet(level: str, template: str, message: str) -> None:
 
 
 def _build_vm(tenant: TenantId, limits: Limits, cpu_alarm: CpuAlarm | None = None) -> TenantVM:
-    vm = TenantVM(tenant, limits, _quiet, cpu_alarm=cpu_alarm)
-    asyncio.run(load_template(vm, "bench", _TEMPLATE, run_inline))
-    return vm
+    # As a worker builds it (build_vm), on the calling thread.
+    template_set = TemplateSet(tenant, 1, (Template("bench", _TEMPLATE, ()),))
+    return asyncio.run(build_vm(template_set, limits, _quiet, run_inline, cpu_alarm=cpu_alarm))
 
 
 def _bare_runtime() -> lua54.LuaRuntime:

@@ -127,7 +127,7 @@ class ValueDoor:
             return self._runtime.table_from(
                 [*scalars, None if value is None else self._build(value)])
 
-    def box_text(self, *texts: str | int | float | bool | None) -> Any:
+    def box_text(self, *texts: str | bytes | int | float | bool | None) -> Any:
         """Like ``box`` for the host's own scalars and short texts: never refused."""
         with self.lifted():
             return self._runtime.table_from(list(texts))

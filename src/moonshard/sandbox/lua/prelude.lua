@@ -13,6 +13,8 @@
 --   bridge.answer_now(family, op, args) -> {ok, value, limit} (a host answer) or nil
 -- answer_now is the host answering a host call at once, inside the step (no yield); nil
 -- means the call leaves as a host request. It never raises either.
+--   bridge.library_source(name)    -> answer: the source of @moonshard/<name>
+--   bridge.kernel_part(name)       -> answer: the compiled kernel part <name> (see part())
 -- Every bridge function except the clock and running answers (true, {value}), (false, {message}) or
 -- (nil, limit kind) and never raises; call_python turns anything else into a plain message.
 -- Values come boxed in a table the host built with the memory limit lifted: handing over a
@@ -20,7 +22,7 @@
 --   config.tenant_kind, config.tenant_id, config.hook_count, config.pattern_steps,
 --   config.log_line_bytes, config.log_lines_per_run, config.load_bytes,
 --   config.json_encode_bytes, config.json_max_depth, config.lazy_hook
---   config.libraries               name -> source of each @moonshard/<name> library
+--   config.libraries               the names of the @moonshard/<name> libraries
 
 local bridge, config = ...
 
@@ -46,6 +48,7 @@ local getinfo = debug.getinfo
 local clock = bridge.clock
 local py_json_decode, py_log = bridge.json_decode, bridge.log
 local py_answer_now = bridge.answer_now
+local py_library_source, py_kernel_part = bridge.library_source, bridge.kernel_part
 
 local TENANT_KIND, TENANT_ID = config.tenant_kind, config.tenant_id
 local HOOK_COUNT = config.hook_count
@@ -262,215 +265,11 @@ local function copy(source, names)
 end
 
 ---------------------------------------------------------------------------------------------
--- Patterns longer than this are not analysed item by item (see overlap_depth).
-local LONG_PATTERN = 256
-
--- Pattern guard: Lua's matcher runs in C where no hook fires, and backtracking over several
--- overlapping quantifiers is polynomial in the subject length. Estimate the worst case before
--- matching and refuse what could run for too long.
-
-local class_members = {}  -- item text -> {[byte] = true}
-
-local function members(item)
-  local set = class_members[item]
-  if set == nil then
-    set = {}
-    for b = 0, 255 do
-      if real_find(real_char(b), "^" .. item) then set[b] = true end
-    end
-    class_members[item] = set
-  end
-  return set
-end
-
--- Splits a pattern into items {text, quantifier, kind}.
-local function pattern_items(p)
-  local items, i, n = {}, 1, #p
-  if real_sub(p, 1, 1) == "^" then i = 2 end
-  while i <= n do
-    local c = real_sub(p, i, i)
-    local text, kind
-    if c == "(" or c == ")" then
-      i = i + 1
-    elseif c == "$" and i == n then
-      i = i + 1
-    else
-      if c == "%" then
-        local nxt = real_sub(p, i + 1, i + 1)
-        if nxt == "b" then
-          kind, text, i = "balanced", nil, i + 4
-        elseif nxt == "f" then
-          local close = real_find(p, "]", i + 4, true) or n
-          kind, i = "transparent", close + 1
-        elseif real_find(nxt, "^%d") then
-          kind, i = "transparent", i + 2
-        else
-          kind, text, i = "class", real_sub(p, i, i + 1), i + 2
-        end
-      elseif c == "[" then
-        local j = i + 1
-        if real_sub(p, j, j) == "^" then j = j + 1 end
-        if real_sub(p, j, j) == "]" then j = j + 1 end
-        while j <= n and real_sub(p, j, j) ~= "]" do
-          if real_sub(p, j, j) == "%" then j = j + 1 end
-          j = j + 1
-        end
-        kind, text, i = "class", real_sub(p, i, j), j + 1
-      else
-        kind, text, i = "class", (c == "." and "." or "%" .. c), i + 1
-        if c ~= "." and real_find(c, "^%w") then text = c end
-      end
-      local q = real_sub(p, i, i)
-      if q == "*" or q == "+" or q == "-" or q == "?" then i = i + 1 else q = "" end
-      if kind ~= "transparent" then items[#items + 1] = {text = text, q = q, kind = kind} end
-    end
-  end
-  return items
-end
-
--- The largest number of quantified items that can all consume the same byte in a row, the
--- number of items, and whether a repetition is followed by an item that can make it back off.
-local function overlap_depth(p)
-  if #p > LONG_PATTERN then
-    -- Too long to analyse byte by byte: assume every repetition overlaps the others.
-    local _, repetitions = real_gsub(p, "[%*%+%-]", "")
-    return {depth = repetitions, items = #p, backtracks = repetitions > 0}
-  end
-  local items = pattern_items(p)
-  local deepest = 0
-  local backtracks = false
-  for index, item in ipairs(items) do
-    if (item.q ~= "" and item.q ~= "?" or item.kind == "balanced") and index < #items then
-      backtracks = true
-    end
-  end
-  for b = 0, 255 do
-    local run = 0
-    for _, item in ipairs(items) do
-      if item.kind == "balanced" then
-        run = run + 1
-      else
-        local hit = members(item.text)[b]
-        if item.q == "*" or item.q == "-" then
-          if hit then run = run + 1 end
-        elseif item.q == "+" then
-          run = hit and run + 1 or 0
-        elseif item.q == "" and not hit then
-          run = 0
-        end
-      end
-      if run > deepest then deepest = run end
-    end
-  end
-  return {depth = deepest, items = #items, backtracks = backtracks}
-end
-
-local pattern_cache, pattern_cache_size = {}, 0
-
-
--- Subject length from `init` on, as Lua's string functions count it.
-local function subject_length(s, init)
-  local length = #real_tostring(s)
-  if real_type(init) == "number" then
-    if init < 0 then init = length + init + 1 end
-    if init < 1 then init = 1 end
-    length = length - init + 1
-  end
-  return length
-end
-
--- Strings and numbers are what Lua's string functions take; anything else fails in C at once.
-local function stringlike(v)
-  local t = real_type(v)
-  return t == "string" or t == "number"
-end
-
-local function check_pattern(fname, s, p, init)
-  if not stringlike(s) or not stringlike(p) then return end
-  p = real_tostring(p)
-  local shape = pattern_cache[p]
-  if shape == nil then
-    shape = overlap_depth(p)
-    if pattern_cache_size > 512 then pattern_cache, pattern_cache_size = {}, 0 end
-    pattern_cache[p], pattern_cache_size = shape, pattern_cache_size + 1
-  end
-  local length = subject_length(s, init)
-  if length < 1 then return end
-  local anchored = real_sub(p, 1, 1) == "^" and fname ~= "gmatch"
-  local starts = anchored and 1 or length + 1
-  local steps
-  if shape.depth >= 2 or (shape.depth == 1 and shape.backtracks) then
-    -- Each start can try every split of the subject among the overlapping repetitions.
-    steps = (length + 1) ^ shape.depth * starts
-  else
-    -- Each start compares at most every item once against the subject.
-    steps = starts * (shape.items + 1)
-  end
-  if steps > PATTERN_STEPS then
-    real_error(real_format("string.%s: pattern %q is too costly for a subject of %d bytes "
-      .. "(it could take about %.0e matching steps; the limit is %.0e)",
-      fname, #p > 40 and real_sub(p, 1, 40) .. "..." or p, length, steps, PATTERN_STEPS), 3)
-  end
-  -- Linear matching is charged; backtracking is bounded by PATTERN_STEPS alone (its estimate
-  -- is a worst case, far above what most subjects cost).
-  if shape.depth == 0 or not shape.backtracks then charge(steps * SECONDS_PER_BYTE) end
-end
-
-local safe_string = copy(string, {
-  "byte", "char", "format", "len", "lower", "upper", "reverse", "sub",
-  "pack", "packsize", "unpack",
-})
-
-local function has_specials(p)
-  return real_find(p, "[%^%$%*%+%?%.%(%)%[%]%%%-]") ~= nil
-end
-
--- A plain search compares the needle at every start: up to (subject x needle) bytes.
-local function charge_plain(s, p, init)
-  if not stringlike(s) or not stringlike(p) then return end
-  local needle = #real_tostring(p)
-  local starts = subject_length(s, init) - needle + 1
-  if starts > 0 then charge(starts * needle * SECONDS_PER_BYTE) end
-end
-
-function safe_string.find(s, p, init, plain)
-  if plain or (stringlike(p) and not has_specials(real_tostring(p))) then
-    charge_plain(s, p, init)
-  else
-    check_pattern("find", s, p, init)
-  end
-  return real_find(s, p, init, plain)
-end
-
--- Lua's rep loops n times even when every piece is empty; the copying it does is charged.
-function safe_string.rep(s, n, sep)
-  if stringlike(s) and real_type(n) == "number" and n >= 1
-      and (sep == nil or stringlike(sep)) then
-    local piece = #real_tostring(s) + (sep and #real_tostring(sep) or 0)
-    if piece == 0 and math_type(n) == "integer" then return "" end
-    charge(n * piece * SECONDS_PER_BYTE)
-  end
-  return real_rep(s, n, sep)
-end
-function safe_string.match(s, p, init)
-  check_pattern("match", s, p, init)
-  return real_match(s, p, init)
-end
-function safe_string.gmatch(s, p, init)
-  check_pattern("gmatch", s, p, init)
-  return real_gmatch(s, p, init)
-end
-function safe_string.gsub(s, p, repl, n)
-  check_pattern("gsub", s, p, nil)
-  return real_gsub(s, p, repl, n)
-end
-local STRING = freeze(safe_string, "string", {
-  dump = "templates cannot produce bytecode",
-})
+-- string, table and json are kernel parts (sandbox/lua/parts/), built in a VM the first time
+-- a template touches them: see "Kernel parts" below.
 
 -- Method calls on strings ("x"):upper() go through the shared string metatable.
 local string_meta = debug_getmetatable("")
-string_meta.__index = STRING
 string_meta.__metatable = false
 
 ---------------------------------------------------------------------------------------------
@@ -532,120 +331,6 @@ local function find_cycle(root)
   return walk(root)
 end
 
--- json.encode runs here, in Lua, inside the template's run: its CPU is hooked, its memory
--- limited, and no table of the template is handed to Python (lupa's reference to one would
--- allocate inside its own C code, where running out of memory cannot be caught). Tables are
--- read raw; the output is at most JSON_ENCODE_BYTES long.
-local JSON_ESCAPES = {
-  ['"'] = '\\"', ["\\"] = "\\\\", ["\b"] = "\\b", ["\f"] = "\\f", ["\n"] = "\\n",
-  ["\r"] = "\\r", ["\t"] = "\\t",
-}
-local function json_escape(c)
-  return JSON_ESCAPES[c] or real_format("\\u%04x", real_byte(c))
-end
-
-local function encode_number(x)
-  if x ~= x or x == huge or x == -huge then
-    real_error("numbers must be finite (no NaN or infinity)", 0)
-  end
-  if math_type(x) == "integer" then return real_format("%d", x) end
-  if x == math.floor(x) and x >= -2^53 and x <= 2^53 then return real_format("%.1f", x) end
-  local text = real_format("%.15g", x)
-  if tonumber(text) ~= x then text = real_format("%.17g", x) end
-  return text
-end
-
-local function key_error(key)
-  local t = real_type(key)
-  if t == "string" or t == "number" then
-    real_error("a table mixes array items and string keys (key " .. real_tostring(key)
-      .. "); use one or the other", 0)
-  end
-  real_error("table keys must be strings, got a " .. t .. " key", 0)
-end
-
-local function json_encode_value(value, budget)
-  local parts, n, size = {}, 0, 0
-  local function emit(text)
-    n = n + 1
-    parts[n] = text
-    size = size + #text
-    if size > budget then
-      real_error("value too large: the encoded text would be longer than " .. budget
-        .. " bytes", 0)
-    end
-  end
-  local function encode(v, depth)
-    local t = real_type(v)
-    if t == "string" then
-      if utf8_len(v) == nil then real_error("a string is not valid UTF-8", 0) end
-      emit('"' .. real_gsub(v, '[%c"\\]', json_escape) .. '"')
-    elseif t == "number" then emit(encode_number(v))
-    elseif t == "boolean" then emit(v and "true" or "false")
-    elseif t == "nil" then emit("null")
-    elseif t ~= "table" then
-      real_error("a " .. t .. " cannot be converted to JSON", 0)
-    elseif depth >= JSON_MAX_DEPTH then
-      if find_cycle(value) then real_error("the table contains a cycle (it refers to itself)", 0) end
-      real_error("tables nest deeper than " .. JSON_MAX_DEPTH .. " levels", 0)
-    else
-      local first = real_next(v)
-      if first == nil then
-        local kind = empty_kind(v)
-        emit(kind == "null" and "null" or kind == "object" and "{}" or "[]")
-      elseif real_type(first) == "string" then
-        emit("{")
-        local comma = false
-        for key, item in real_next, v do
-          if real_type(key) ~= "string" then key_error(key) end
-          if comma then emit(",") end
-          comma = true
-          encode(key, depth + 1)
-          emit(":")
-          encode(item, depth + 1)
-        end
-        emit("}")
-      else
-        local count = 0
-        for key in real_next, v do
-          if math_type(key) ~= "integer" then key_error(key) end
-          count = count + 1
-        end
-        if real_rawlen(v) ~= count or real_rawget(v, count) == nil then
-          real_error("an array table must have keys 1..n with no holes (is there a nil "
-            .. "inside? use json.null)", 0)
-        end
-        emit("[")
-        for i = 1, count do
-          if i > 1 then emit(",") end
-          encode(real_rawget(v, i), depth + 1)
-        end
-        emit("]")
-      end
-    end
-  end
-  encode(value, 0)
-  return real_concat(parts)
-end
-
-local function json_encode(value)
-  local ok, result = real_pcall(json_encode_value, value, JSON_ENCODE_BYTES)
-  if not ok then
-    if real_rawequal(result, MEMORY_ERROR) then trip("memory") end
-    check_tripped()
-    real_error(template_position(2) .. "json.encode: " .. real_tostring(result), 0)
-  end
-  return result
-end
-
-local function json_decode(text)
-  if real_type(text) ~= "string" then
-    real_error("json.decode: expected a string, got " .. real_type(text), 2)
-  end
-  if utf8_len(text) == nil then real_error("json.decode: text is not valid UTF-8", 2) end
-  return call_python(py_json_decode, "json.decode", text)
-end
-
 -- An empty table encodes as [] unless marked as an object.
 local function json_object(t)
   if t == nil then t = {} end
@@ -656,13 +341,6 @@ local function json_object(t)
   return t
 end
 
-local JSON = freeze({
-  encode = json_encode,
-  decode = json_decode,
-  null = null,
-  object = json_object,
-  array = function(t) return t or {} end,
-}, "json")
 
 -- How Python tells an empty object from an empty array and from json.null.
 
@@ -729,46 +407,6 @@ local OS = freeze(copy(os, {"time", "clock", "date", "difftime"}), "os", {
   setlocale = "the locale is fixed",
 })
 
--- table.move, insert and remove loop in C over a range the template chooses (a __len can
--- claim any length): the loop's length is charged before it runs.
-local function length_as_seen(t)
-  local mt = debug_getmetatable(t)
-  if mt and real_rawget(mt, "__len") ~= nil then return #t end
-  return real_rawlen(t)
-end
-
-local function is_integer(v) return math_type(v) == "integer" end
-
-local safe_table = copy(table, {"concat", "pack", "sort", "unpack"})
-function safe_table.move(a1, f, e, t, a2)
-  if is_integer(f) and is_integer(e) and e >= f then
-    if f <= 0 and e >= maxinteger + f then
-      real_error("bad argument #3 to 'move' (too many elements to move)", 2)
-    end
-    charge((e - f + 1) * SECONDS_PER_ELEMENT)
-  end
-  return real_move(a1, f, e, t, a2)
-end
-function safe_table.insert(t, ...)
-  local n = real_select("#", ...)
-  if n == 2 and real_type(t) == "table" then
-    local pos = ...
-    if is_integer(pos) then charge((length_as_seen(t) - pos) * SECONDS_PER_ELEMENT) end
-  end
-  return real_insert(t, ...)
-end
-function safe_table.remove(t, ...)
-  if real_type(t) == "table" then
-    local size = length_as_seen(t)
-    local pos = ...
-    if pos == nil then pos = size end
-    if is_integer(size) and is_integer(pos) then
-      charge((size - pos) * SECONDS_PER_ELEMENT)
-    end
-  end
-  return real_remove(t, ...)
-end
-
 local function safe_setmetatable(t, mt)
   if frozen[t] then real_error("cannot change the metatable of a library table", 2) end
   if real_type(mt) == "table" and rawget(mt, "__gc") ~= nil then
@@ -800,6 +438,51 @@ local function safe_collectgarbage(opt)
   real_error("collectgarbage: only collectgarbage(\"count\") is available in templates", 2)
 end
 
+---------------------------------------------------------------------------------------------
+-- Kernel parts: string, table and json are built the first time a template touches them.
+-- Their code stays in the host until then, so a VM holds only what its templates use. A part
+-- is trusted kernel code: a binary chunk the host compiled from the package's own source,
+-- loaded in binary here only (templates' load stays text-only). Building one allocates and
+-- runs inside the touching template's run, under its limits; a part whose build broke a
+-- limit is not kept, and the next touch builds it again. Templates see no difference: the
+-- shared BASE (never handed to a template) gains the table; their own globals never do.
+
+local built_parts = {}   -- part name -> its frozen table (the library loader: a function)
+local BASE   -- the shared read-only globals, made below
+-- The @moonshard/<name> libraries; their sources stay in the host until one is required.
+local LIBRARY_NAMES = {}
+for _, name in ipairs(config.libraries or {}) do LIBRARY_NAMES[name] = true end
+
+local function part(name)
+  local value = built_parts[name]
+  if value ~= nil then return value end
+  local chunk = call_python(py_kernel_part, "the sandbox", name)
+  local fn, err = real_load(chunk, "=kernel", "b")
+  if not fn then
+    if real_rawequal(err, MEMORY_ERROR) then trip("memory") end
+    real_error(err, 0)
+  end
+  value = fn({
+    charge = charge, copy = copy, freeze = freeze, trip = trip, check_tripped = check_tripped,
+    debug_getmetatable = debug_getmetatable,
+    call_python = call_python, template_position = template_position,
+    py_json_decode = py_json_decode, null = null, empty_kind = empty_kind,
+    find_cycle = find_cycle, json_object = json_object, MEMORY_ERROR = MEMORY_ERROR,
+    PATTERN_STEPS = PATTERN_STEPS, SECONDS_PER_BYTE = SECONDS_PER_BYTE,
+    SECONDS_PER_ELEMENT = SECONDS_PER_ELEMENT, JSON_ENCODE_BYTES = JSON_ENCODE_BYTES,
+    JSON_MAX_DEPTH = JSON_MAX_DEPTH, BASE = BASE, frozen = frozen, part = part,
+    LIBRARY_NAMES = LIBRARY_NAMES, py_library_source = py_library_source,
+  })
+  built_parts[name] = value
+  if name == "string" then string_meta.__index = value end
+  return value
+end
+
+-- Until the string part exists, a string method builds it.
+string_meta.__index = function(_, key) return part("string")[key] end
+
+local PARTS = {string = true, table = true, json = true}
+
 local base = {
   assert = assert, error = real_error, ipairs = ipairs, next = next, pairs = pairs,
   pcall = safe_pcall, xpcall = safe_xpcall, rawequal = rawequal, rawget = rawget,
@@ -807,7 +490,6 @@ local base = {
   setmetatable = safe_setmetatable, getmetatable = real_getmetatable,
   tonumber = tonumber, tostring = real_tostring, type = real_type, _VERSION = _VERSION,
   collectgarbage = safe_collectgarbage,
-  string = STRING, table = freeze(safe_table, "table"),
   math = freeze(copy(math, {
     "abs", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge", "log", "max", "maxinteger",
     "min", "mininteger", "modf", "pi", "rad", "random", "randomseed", "sin", "sqrt", "tan",
@@ -818,10 +500,14 @@ local base = {
   }), "utf8"),
   coroutine = COROUTINE,
   os = OS,
-  json = JSON,
 }
-local BASE = real_setmetatable(base, {
+BASE = real_setmetatable(base, {
   __index = function(_, key)
+    if PARTS[key] then
+      local value = part(key)
+      real_rawset(base, key, value)
+      return value
+    end
     local why = FORBIDDEN[key]
     if why then real_error(real_tostring(key) .. " is not available in templates: " .. why, 2) end
   end,
@@ -830,37 +516,6 @@ local BASE = real_setmetatable(base, {
 })
 frozen[BASE] = true
 
-local BUILTIN_LIBRARIES = {json = JSON}
-local LIBRARY_SOURCES = config.libraries or {}   -- name -> trusted Lua source of @moonshard/name
-local LOADING_LIBRARY = {}
-
--- A library runs in the template's own world: a read-only env on BASE whose require reaches
--- only other built-in libraries, so it is no new route out. `loaded` (the requiring template's
--- module cache) makes it once per template per VM, so templates cannot share its tables.
-local function load_library(lib, loaded)
-  local key = "@moonshard/" .. lib
-  local found = BUILTIN_LIBRARIES[lib] or loaded[key]
-  if real_rawequal(found, LOADING_LIBRARY) then real_error("circular require of '" .. key .. "'", 3) end
-  if found ~= nil or real_type(LIBRARY_SOURCES[lib]) ~= "string" then return found end
-  local lib_env = real_setmetatable({}, {__index = BASE, __metatable = false,
-    __newindex = function() real_error(key .. ": a library's globals are read-only", 2) end})
-  frozen[lib_env] = true
-  real_rawset(lib_env, "require", function(name)
-    local other = real_type(name) == "string" and real_match(name, "^@moonshard/(.+)$")
-    local value = other and load_library(other, loaded)
-    if value == nil then
-      real_error(key .. ": no built-in library '" .. real_tostring(name) .. "'", 2)
-    end
-    return value
-  end)
-  local fn, err = real_load(LIBRARY_SOURCES[lib], "@" .. key .. ".lua", "t", lib_env)
-  if not fn then real_error(err, 0) end
-  loaded[key] = LOADING_LIBRARY
-  local ok, result = real_pcall(fn, key)
-  if not ok then loaded[key] = nil; real_error(result, 0) end
-  loaded[key] = result
-  return result
-end
 
 -- At most LOG_LINES_PER_RUN lines per handler run reach the log; one more line says so.
 local function log_line(level, template, text)
@@ -917,7 +572,12 @@ local function new_env(template_name, files)
     end
     local lib = real_match(modname, "^@moonshard/(.+)$")
     if lib then
-      local found = load_library(lib, modules)
+      local found
+      if lib == "json" then
+        found = part("json")
+      elseif LIBRARY_NAMES[lib] then
+        found = part("libraries")(lib, modules)
+      end
       if not found then real_error("no built-in library '" .. modname .. "'", 2) end
       return found
     end
@@ -1184,9 +844,24 @@ function kernel.cancel(id)
   runs[id] = nil
 end
 
+function kernel.collect()
+  collectgarbage()
+end
+
 kernel.null = null
 kernel.empty_kind = empty_kind
 kernel.find_cycle = find_cycle
 kernel.object = json_object
+
+-- The kernel holds what it uses of these as locals: dropped from the state's globals and its
+-- module cache, an idle VM does not keep them (nor could anything reach them later).
+do
+  local loaded = debug.getregistry()._LOADED
+  for _, name in ipairs({"io", "package", "debug", "python"}) do
+    loaded[name] = nil
+    _G[name] = nil
+  end
+  dofile, loadfile, require, print, warn = nil, nil, nil, nil, nil
+end
 
 return kernel
