@@ -49,10 +49,10 @@ __all__ = [
     "TemplateStore",
     "TemplateVersion",
     "TimerStore",
-    "VersionedKey",
     "TokenInfo",
     "TokenStore",
     "TopPlace",
+    "VersionedKey",
     "expiry_cursor",
     "hash_token",
 ]

@@ -61,8 +61,8 @@ from moonshard.store.api import (
     TokenInfo,
     TokenStore,
     TopPlace,
-    hash_token,
     VersionedKey,
+    hash_token,
 )
 from moonshard.store.migrations import migrate_postgres
 from moonshard.store.postgres_logs import PostgresTenantLogStore

@@ -61,8 +61,8 @@ from moonshard.store.api import (
     TokenInfo,
     TokenStore,
     TopPlace,
-    hash_token,
     VersionedKey,
+    hash_token,
 )
 from moonshard.store.migrations import migrate_sqlite
 from moonshard.store.sqlite_logs import SqliteTenantLogStore

@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from moonshard.contracts.timers import TimerRef
@@ -29,7 +29,7 @@ from moonshard.store.api import OutboxEvent, Store
 from moonshard.templates import TemplateSet
 from moonshard.tenants import TenantId
 
-__all__ = ["ActorServices", "BuildReason", "Deliver", "FireTimer", "Job", "TenantActor",
+__all__ = ["ActorServices", "BuildReason", "Deliver", "FireTimers", "Job", "TenantActor",
            "WarmUp", "no_subscriber"]
 
 _log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ class BuildReason(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class FireTimer:
-    timer: TimerRef
+class FireTimers:
+    """Due timers of this tenant, fired in order (one job for a batch of a backlog)."""
+
+    timers: tuple[TimerRef, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class Deliver:
     emitted: OutboxEvent
 
 
-Work = Dispatch | Reload | FireTimer | WarmUp | Deliver
+Work = Dispatch | Reload | FireTimers | WarmUp | Deliver
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,7 +85,7 @@ class ActorServices:
     log: Callable[[TenantId, str, str, str], None]
     # Called before a VM is built: the cache policy makes room.
     make_room: Callable[[], None]
-    fire_timer: Callable[[TenantActor, TimerRef], Awaitable[None]]
+    fire_timers: Callable[[TenantActor, Sequence[TimerRef]], Awaitable[None]]
     # Counts jobs across the worker's mailboxes.
     dequeued: Callable[[], None]
 
@@ -92,8 +94,8 @@ class TenantActor:
     """A tenant's mailbox, template set and VM within one worker."""
 
     __slots__ = ("_runners", "_services", "abandoned", "build_reason", "busy", "consumer",
-                 "current", "last_used", "mailbox", "rate_limiter", "template_set", "tenant",
-                 "vm")
+                 "current", "kv_commits", "last_used", "mailbox", "rate_limiter",
+                 "template_set", "tenant", "vm")
 
     def __init__(self, tenant: TenantId, services: ActorServices, mailbox_size: int) -> None:
         self.tenant = tenant
@@ -109,6 +111,8 @@ class TenantActor:
         self.rate_limiter = GcraLimiter()
         self.current: Job | None = None
         self.abandoned = False
+        # Runs of this tenant that committed key-value writes (a timer batch's staleness check).
+        self.kv_commits = 0
         # A step runner per event name, made once (a dispatch would otherwise make one).
         self._runners: dict[str, Any] = {}
 
@@ -170,8 +174,8 @@ class TenantActor:
             return DispatchReply(await self.run(work.event))
         if isinstance(work, Reload):
             return await self.reload()
-        if isinstance(work, FireTimer):
-            await self._services.fire_timer(self, work.timer)
+        if isinstance(work, FireTimers):
+            await self._services.fire_timers(self, work.timers)
             return None
         if isinstance(work, Deliver):
             return await self._deliver(work.emitted)
