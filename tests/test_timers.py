@@ -202,6 +202,57 @@ async def test_a_backlog_batch_keeps_each_timers_own_outcome(database: str) -> N
         assert timers["batches"] <= 10
 
 
+QUIET = """
+return {
+  ARM = function(ctx, event) ctx.kv.set(event.data.key, "v", {ttl = event.data.ttl}) end,
+  KeyExpiry = function(ctx, event)
+    print("quiet", event.data.key, event.data.attempt)
+    if event.data.key:find("^fail") then error("refusing " .. event.data.key) end
+    if event.data.key:find("boom") then local s = string.rep("x", 1 << 30) end
+    if event.data.key:find("note") then ctx.kv.set("noted", event.data.key) end
+  end,
+}
+"""
+SECOND = """
+return {KeyExpiry = function(ctx, event) print("second", event.data.key) end}
+"""
+
+
+async def test_backlogged_handlers_without_host_calls_run_together_each_on_its_own(
+    database: str,
+) -> None:
+    """Handlers that call nothing share Lua steps; one that breaks its VM's memory limit,
+    one that fails, and one that calls the host in the middle change nothing for the rest."""
+    early, late = [f"a{i:02d}" for i in range(10)], [f"z{i:02d}" for i in range(10)]
+    plain = early + late
+    async with open_engine(database, Logs()) as engine:
+        await engine.templates.put(TENANT, "quiet", {"init.lua": QUIET})
+        await engine.templates.put(TENANT, "second", {"init.lua": SECOND})
+        # They come due in the order armed (each ttl counts from its own dispatch).
+        for key in [*early, "b-boom", "fail1", "m-note", *late]:
+            await engine.dispatch(TENANT, Event("ARM", {"key": key, "ttl": 0.5}))
+    await asyncio.sleep(1.0)
+    logs = Logs()
+    async with open_engine(database, logs) as engine:
+        async def settled() -> bool:
+            rows = [(await engine.store.kv.load_row(TENANT, "default", key))[0]
+                    for key in [*plain, "m-note"]]
+            return len(logs.messages("dead letter")) == 2 and rows == [None] * len(rows)
+        await eventually(settled)
+        await asyncio.sleep(0.2)
+        for key in [*plain, "m-note"]:
+            assert len(logs.messages(f"quiet\t{key}\t1")) == 1, key
+            assert logs.messages(f"second\t{key}") == [f"second\t{key}"], key
+        assert await kv_value(engine, "noted") == "m-note"
+        for key in ("b-boom", "fail1"):
+            assert len(logs.messages(f"quiet\t{key}\t")) == 7, key
+            assert (await engine.store.kv.load_row(TENANT, "default", key))[0] is None
+        assert logs.messages("VM discarded after breaking its memory limit")
+        (status,) = await engine.status()
+        assert status["timers"]["fired"] == len(plain) + 3
+        assert status["timers"]["batches"] <= 15
+
+
 async def test_a_kill_in_the_middle_of_a_backlog_loses_no_expiry(tmp_path: Path) -> None:
     keys = [f"crash{i:02d}" for i in range(40)]
     database = f"sqlite:///{tmp_path / 'backlog-kill.db'}"

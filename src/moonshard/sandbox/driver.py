@@ -30,10 +30,14 @@ async def run_inline(step: Callable[[], _T]) -> _T:
 
 async def drive(
     run: LuaRun, capabilities: Mapping[str, Capability], run_step: StepRunner[object],
+    first: HostRequest | None = None,
 ) -> HandlerResult:
-    """Runs ``run`` to the end, answering its host requests from ``capabilities``."""
+    """Runs ``run`` to the end, answering its host requests from ``capabilities``; with
+    ``first``, the run has already been stepped (elsewhere) up to that request."""
     answer: tuple[bool, JsonValue] | None = None
     try:
+        if first is not None:
+            answer = await _answer(first, capabilities)
         while True:
             outcome = await run_step(functools.partial(run.step, answer))
             if isinstance(outcome, HandlerResult):

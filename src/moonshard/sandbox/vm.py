@@ -37,8 +37,9 @@ def _deny_attribute(obj: object, name: object, is_setting: bool) -> object:
     raise AttributeError("Python attributes are not reachable from templates")
 
 
-def _prelude_source() -> str:
-    return (importlib.resources.files("moonshard.sandbox") / "lua" / "prelude.lua").read_text()
+# Read once: every VM runs it, and reading the file again was a tenth of a VM's build.
+_PRELUDE_SOURCE = (
+    importlib.resources.files("moonshard.sandbox") / "lua" / "prelude.lua").read_text()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class TenantVM:
             "json_max_depth": MAX_DEPTH,
             "libraries": self._runtime.table_from(dict(BUILTIN_LIBRARY_SOURCES)),
         })
-        self._kernel = self._runtime.execute(_prelude_source(), bridge, config)
+        self._kernel = self._runtime.execute(_PRELUDE_SOURCE, bridge, config)
         self._door = ValueDoor(self._runtime, self._kernel, limits.memory_bytes)
 
     # -- the bridge functions templates reach through closures -----------------------------
@@ -178,6 +179,10 @@ class TenantVM:
         self._kernel.drop_template(self._door.box_text(name))
 
     # -- handler runs ---------------------------------------------------------------------
+    def handles(self, template: str, event_name: str) -> bool:
+        """Whether ``template`` is loaded here with a handler for ``event_name``."""
+        return event_name in self._handlers.get(template, ())
+
     def start_handler(self, template: str, version: int, event: Event) -> LuaRun | None:
         """A run of ``template``'s handler for ``event``; None when it has no such handler.
 

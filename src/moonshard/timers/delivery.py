@@ -51,10 +51,18 @@ class EventTarget(Protocol):
 
     async def run(self, event: Event) -> list[HandlerResult]: ...
 
+    async def run_several(self, events: Sequence[Event]) -> list[list[HandlerResult]]:
+        """Runs the first of ``events`` and maybe some after it, in order; gives the results
+        of those it ran (those that needed nothing from the host share one Lua step)."""
+
     @property
     def kv_commits(self) -> int:
         """How many of the tenant's runs committed key-value writes so far (in this worker):
         a batch reads a row again once this moved since the batch read it."""
+
+
+def _versioned(timer: TimerRef, due: _Due) -> VersionedKey:
+    return VersionedKey(timer.scope, timer.key, timer.version, due.expires_at)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +72,8 @@ class _Due:
     event: Event
     attempt: int
     what: str
+    # The expiry the row carried when read (None for a scheduled event).
+    expires_at: float | None
     finish: Callable[[], Awaitable[object]]
     # Stores the next attempt's time; False when the row is gone meanwhile.
     reschedule: Callable[[float], Awaitable[bool]]
@@ -114,30 +124,53 @@ class TimerDelivery:
                 self._failed(timer)
             return
         read_at = target.kv_commits
+        # Each timer's event as its row was read (built once: a run may take only a part).
+        dues = [self._expiry_due(timer, rows.get((timer.scope, timer.key))) for timer in timers]
         finishing: list[tuple[TimerRef, VersionedKey]] = []
-        for timer in timers:
+        position = 0
+        while position < len(timers):
+            timer = timers[position]
             try:
-                if target.kv_commits != read_at:
+                fresh = target.kv_commits == read_at
+                if fresh:
+                    due = dues[position]
+                else:
                     # A handler of this batch wrote keys since: this row may be one of them.
                     record, _ = await store.kv.load_row(tenant, timer.scope, timer.key)
-                else:
-                    record = rows.get((timer.scope, timer.key))
-                due = self._expiry_due(timer, record)
-                if due is None:
-                    self._service.done(timer)
+                    due = self._expiry_due(timer, record)
+                if due is None or due.event.name not in subscriptions:
+                    position += 1
+                    if due is None:
+                        self._service.done(timer)
+                    else:
+                        finishing.append((timer, _versioned(timer, due)))
                     continue
-                outcome: _Outcome = "finish"
-                if due.event.name in subscriptions:
-                    outcome = await self._settle(target, timer, due, await target.run(due.event))
+                group = [(timer, due)]
+                if fresh:  # the following timers' rows, read with this one, may run with it
+                    for following, following_due in zip(timers[position + 1:],
+                                                         dues[position + 1:], strict=True):
+                        if following_due is None or \
+                                following_due.event.name not in subscriptions:
+                            break
+                        group.append((following, following_due))
+                    ran = await target.run_several([due.event for _, due in group])
+                else:
+                    ran = [await target.run(due.event)]
             except Exception:
                 self._failed(timer)
+                position += 1
                 continue
-            if outcome == "finish":
-                assert record is not None
-                finishing.append((timer, VersionedKey(timer.scope, timer.key, timer.version,
-                                                      record.expires_at)))
-            elif outcome == "dropped":
-                self._service.done(timer)
+            position += len(ran)
+            for (fired, fired_due), results in zip(group, ran, strict=False):
+                try:
+                    outcome = await self._settle(target, fired, fired_due, results)
+                except Exception:
+                    self._failed(fired)
+                    continue
+                if outcome == "finish":
+                    finishing.append((fired, _versioned(fired, fired_due)))
+                elif outcome == "dropped":
+                    self._service.done(fired)
         try:
             # Conditional on each version and expiry: a key changed meanwhile is left alone.
             await store.timers.delete_if_versions(tenant, [key for _, key in finishing])
@@ -202,8 +235,8 @@ class TimerDelivery:
             "key": record.key, "scope": record.scope, "value": record.value,
             "expires_at": expires_at, "attempt": timer.attempt,
         }, id=stable_id("expiry", tenant, timer.scope, timer.key, timer.version))
-        return _Due(event, timer.attempt, f"KeyExpiry of {timer.scope}/{timer.key}", finish,
-                    reschedule)
+        return _Due(event, timer.attempt, f"KeyExpiry of {timer.scope}/{timer.key}",
+                    expires_at, finish, reschedule)
 
     async def _scheduled(self, timer: TimerRef) -> _Due | None:
         timers = self._store.timers
@@ -220,8 +253,8 @@ class TimerDelivery:
 
         event = Event(scheduled.name, scheduled.data, id=stable_id(
             "scheduled", timer.tenant, "", str(event_id), event_id))
-        return _Due(event, scheduled.attempt + 1, f"scheduled event {scheduled.name}", finish,
-                    reschedule)
+        return _Due(event, scheduled.attempt + 1, f"scheduled event {scheduled.name}", None,
+                    finish, reschedule)
 
 
 def stable_id(kind: str, tenant: TenantId, scope: str, key: str, version: int) -> str:

@@ -192,6 +192,16 @@ class TenantActor:
         vm = await self._ensure_vm(template_set)
         return await self._run_in(vm, template_set, event)
 
+    async def run_several(self, events: Sequence[Event]) -> list[list[HandlerResult]]:
+        """Runs the first of ``events`` and maybe some after it, in order (see
+        ``HandlerRunner.run_events``); gives the results of those it ran."""
+        template_set = await self.templates()
+        vm = await self._ensure_vm(template_set)
+        results = await self._services.runner.run_events(
+            vm, template_set, events, self.rate_limiter, self._step_runner(events[0].name))
+        self._after_run(vm)
+        return results
+
     async def _deliver(self, emitted: OutboxEvent) -> None:
         event = Event(emitted.name, emitted.data, author=emitted.author, id=emitted.event_id)
         if event.name in await self.subscriptions():
@@ -250,11 +260,14 @@ class TenantActor:
         services = self._services
         results = await services.runner.run_event(
             vm, template_set, event, self.rate_limiter, self._step_runner(event.name))
+        self._after_run(vm)
+        return results
+
+    def _after_run(self, vm: TenantVM) -> None:
         if vm.broken is not None and self.vm is vm:
             self.vm = None
             self._tenant_log("warn", "-", f"VM discarded after breaking its {vm.broken} limit; "
                              "it is rebuilt on the next event")
-        return results
 
     def _step_runner(self, what: str) -> Any:
         runner = self._runners.get(what)
