@@ -9,8 +9,11 @@ used up.
 A backlog (timers that came due while the worker was down) is fired in batches: the due
 expiries of one tenant are read in one query, run one after another in the tenant's mailbox
 (one job), and the finished ones deleted in one transaction. Each timer keeps its own outcome
-(a failing handler retries only its own timer), and a row written by a handler of the batch
-is read again before its own timer runs.
+(a failing handler retries only its own timer), and once a handler of the batch has
+committed kv writes, each later row is read again before its timer runs. Handlers that call
+nothing from the host share one Lua step (``run_several``). The delete comes at the batch's
+end, so a crash mid-batch fires the batch's already-run keys again (at least once, with the
+same ``event.id``), never loses one.
 """
 
 from __future__ import annotations
