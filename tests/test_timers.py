@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 import pytest
 
 from moonshard import Engine, Event, TenantId
+from moonshard.contracts.timers import TimerRef
 from moonshard.limits import Limits
-from moonshard.timers.service import TimerConfig
+from moonshard.timers.delivery import stable_id
+from moonshard.timers.service import TimerConfig, batches_by_tenant
 from tests.support import Logs, database_urls, eventually
 
 TENANT = TenantId.guild(7)
@@ -39,6 +42,11 @@ return {
     if event.data.key:find("^slow") then
       local t = os.clock() + 3 while os.clock() < t do end
     end
+    if event.data.key:find("^crash") then
+      local t = os.clock() + 0.05 while os.clock() < t do end
+    end
+    -- Rewrites the key its value names (one that may come due in the same batch).
+    if event.data.key:find("^rewriter") then ctx.kv.set(event.data.value, "rewritten") end
   end,
 }
 """
@@ -153,6 +161,146 @@ async def test_expiries_due_while_down_fire_after_restart(database: str) -> None
             values = [await kv_value(engine, f"fired:down{i}") for i in range(20)]
             return values == [1] * 20
         await eventually(all_fired)
+
+
+async def test_a_backlog_batch_keeps_each_timers_own_outcome(database: str) -> None:
+    """Due while down, so the restarted worker fires them in one batch of the tenant."""
+    plain = [f"plain{i:02d}" for i in range(30)]
+    async with open_engine(database, Logs()) as engine:
+        await engine.templates.put(TENANT, "t", {"init.lua": EXPIRY})
+        for key in [*plain, "fail1", "keep1"]:
+            await engine.dispatch(TENANT, Event("ARM", {"key": key, "ttl": 0.5}))
+        # The rewriter's handler sets the victim, due at the same time and read with it.
+        await engine.dispatch(TENANT, Event("ARM", {"key": "rewriter", "value": "victim",
+                                                    "ttl": 0.5}))
+        await engine.dispatch(TENANT, Event("ARM", {"key": "victim", "ttl": 0.5}))
+    await asyncio.sleep(1.0)
+    logs = Logs()
+    async with open_engine(database, logs) as engine:
+        async def settled() -> bool:
+            fired = [await kv_value(engine, f"fired:{key}") for key in [*plain, "rewriter"]]
+            return fired == [1] * (len(plain) + 1) and bool(logs.messages("dead letter"))
+        await eventually(settled)
+        await asyncio.sleep(0.2)
+        # Each plain key fired once and its row is gone.
+        for key in plain:
+            assert len(logs.messages(f"expired\t{key}\t")) == 1
+            assert (await engine.store.kv.load_row(TENANT, "default", key))[0] is None
+        # The failing one was retried alone, then dead-lettered; its writes rolled back.
+        assert len(logs.messages("expired\tfail1\t")) == 7
+        assert await kv_value(engine, "fired:fail1") is None
+        assert (await engine.store.kv.load_row(TENANT, "default", "fail1"))[0] is None
+        # Rewritten by its own handler, and by the rewriter's: both rows stay, unexpired.
+        assert await kv_value(engine, "keep1") == "kept"
+        assert await kv_value(engine, "victim") == "rewritten"
+        assert logs.messages("expired\tvictim") == []
+        assert await kv_value(engine, "fired:victim") is None
+        (status,) = await engine.status()
+        timers = status["timers"]
+        # The 34 first firings went in far fewer mailbox jobs (one, and the six retries).
+        assert timers["fired"] == len(plain) + 4
+        assert timers["batches"] <= 10
+
+
+QUIET = """
+return {
+  ARM = function(ctx, event) ctx.kv.set(event.data.key, "v", {ttl = event.data.ttl}) end,
+  KeyExpiry = function(ctx, event)
+    print("quiet", event.data.key, event.data.attempt)
+    if event.data.key:find("^fail") then error("refusing " .. event.data.key) end
+    if event.data.key:find("boom") then local s = string.rep("x", 1 << 30) end
+    if event.data.key:find("note") then ctx.kv.set("noted", event.data.key) end
+  end,
+}
+"""
+SECOND = """
+return {KeyExpiry = function(ctx, event) print("second", event.data.key) end}
+"""
+
+
+async def test_backlogged_handlers_without_host_calls_run_together_each_on_its_own(
+    database: str,
+) -> None:
+    """Handlers that call nothing share Lua steps; one that breaks its VM's memory limit,
+    one that fails, and one that calls the host in the middle change nothing for the rest."""
+    early, late = [f"a{i:02d}" for i in range(10)], [f"z{i:02d}" for i in range(10)]
+    plain = early + late
+    async with open_engine(database, Logs()) as engine:
+        await engine.templates.put(TENANT, "quiet", {"init.lua": QUIET})
+        await engine.templates.put(TENANT, "second", {"init.lua": SECOND})
+        # They come due in the order armed (each ttl counts from its own dispatch).
+        for key in [*early, "b-boom", "fail1", "m-note", *late]:
+            await engine.dispatch(TENANT, Event("ARM", {"key": key, "ttl": 0.5}))
+    await asyncio.sleep(1.0)
+    logs = Logs()
+    async with open_engine(database, logs) as engine:
+        async def settled() -> bool:
+            rows = [(await engine.store.kv.load_row(TENANT, "default", key))[0]
+                    for key in [*plain, "m-note"]]
+            return len(logs.messages("dead letter")) == 2 and rows == [None] * len(rows)
+        await eventually(settled)
+        await asyncio.sleep(0.2)
+        for key in [*plain, "m-note"]:
+            assert len(logs.messages(f"quiet\t{key}\t1")) == 1, key
+            assert logs.messages(f"second\t{key}") == [f"second\t{key}"], key
+        assert await kv_value(engine, "noted") == "m-note"
+        for key in ("b-boom", "fail1"):
+            assert len(logs.messages(f"quiet\t{key}\t")) == 7, key
+            assert (await engine.store.kv.load_row(TENANT, "default", key))[0] is None
+        assert logs.messages("VM discarded after breaking its memory limit")
+        (status,) = await engine.status()
+        assert status["timers"]["fired"] == len(plain) + 3
+        assert status["timers"]["batches"] <= 15
+
+
+async def test_a_kill_in_the_middle_of_a_backlog_loses_no_expiry(tmp_path: Path) -> None:
+    keys = [f"crash{i:02d}" for i in range(40)]
+    database = f"sqlite:///{tmp_path / 'backlog-kill.db'}"
+    async with open_engine(database, Logs()) as engine:
+        await engine.templates.put(TENANT, "t", {"init.lua": EXPIRY})
+        for key in keys:
+            await engine.dispatch(TENANT, Event("ARM", {"key": key, "ttl": 0.3}))
+    await asyncio.sleep(0.6)
+    logs = Logs()
+    async with open_engine(database, logs, topology="process") as engine:
+        async def some_fired() -> bool:
+            return len(logs.messages("expired\tcrash")) >= 5
+        await eventually(some_fired)
+        handle = engine.pool.worker_for(TENANT).current
+        assert handle is not None
+        assert handle.pid is not None
+        os.kill(handle.pid, signal.SIGKILL)  # each handler spins 50 ms: mid-batch
+
+        async def all_gone() -> bool:
+            for key in keys:
+                if (await engine.store.kv.load_row(TENANT, "default", key))[0] is not None:
+                    return False
+            return True
+        await eventually(all_gone, within=30)
+        for key in keys:
+            firings = logs.messages(f"expired\t{key}\t")
+            assert firings, f"{key} never fired"  # none lost
+            assert len({line.split("\t")[3] for line in firings}) == 1  # one id, however often
+            assert (await kv_value(engine, f"fired:{key}")) >= 1
+
+
+def test_batches_by_tenant_keeps_each_tenants_order() -> None:
+    other = TenantId.guild(8)
+    refs = [TimerRef("expiry", float(n), TENANT if n % 3 else other, "default", f"k{n}", 1)
+            for n in range(12)]
+    batches = batches_by_tenant(refs, 3)
+    assert [[ref.key for ref in batch] for batch in batches] == [
+        ["k0", "k3", "k6"], ["k1", "k2", "k4"], ["k5", "k7", "k8"], ["k9"], ["k10", "k11"]]
+    assert all(len({ref.tenant for ref in batch}) == 1 for batch in batches)
+
+
+def test_stable_ids_are_the_uuid5_of_the_timer() -> None:
+    # Handlers de-duplicate on these ids across restarts: they must never change.
+    for kind, scope, key, version in (("expiry", "default", "a", 1),
+                                      ("scheduled", "", "42", 42), ("expiry", "s", "é/ü", 7)):
+        expected = uuid.uuid5(uuid.NAMESPACE_URL,
+                              f"moonshard:{kind}:{TENANT}:{scope}:{key}:{version}").hex
+        assert stable_id(kind, TENANT, scope, key, version) == expected
 
 
 async def test_kill_during_firing_fires_again_afterwards(tmp_path: Path) -> None:

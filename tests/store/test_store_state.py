@@ -6,7 +6,7 @@ import pytest
 from store_support import FakeClock, SessionFactory, everything_stored, raw_fetch
 
 from moonshard.errors import LimitExceeded
-from moonshard.store.api import KVSet, Store, expiry_cursor, hash_token
+from moonshard.store.api import KVSet, Store, VersionedKey, expiry_cursor, hash_token
 from moonshard.tenants import TenantId
 
 
@@ -149,6 +149,38 @@ async def test_delete_if_version_can_require_the_expiry_it_fired_for(
     (record,) = [r for _, r in await store.timers.due_expiries(clock.now + 60, 10)]
     assert await store.timers.delete_if_version(
         tenant, "default", "k", record.version, expires_at=record.expires_at) is True
+
+
+async def test_delete_if_versions_deletes_only_the_unchanged_keys_in_one_call(
+    store: Store, session: SessionFactory, tenant: TenantId, clock: FakeClock,
+) -> None:
+    run = session()
+    for key in ("same", "rewritten", "recreated", "other-scope"):
+        await run.call("set", [key, 1, {"ttl": 5}])
+    await run.call("set", ["same", 1, {"ttl": 5, "scope": "b"}])
+    await run.commit()
+    fired = {(record.scope, record.key): record
+             for _, record in await store.timers.due_expiries(clock.now + 5, 10)}
+    assert len(fired) == 5
+    run = session()
+    await run.call("set", ["rewritten", 2])  # a new version: the batch must leave it
+    await run.call("delete", ["recreated"])
+    await run.call("set", ["recreated", 3, {"ttl": 60}])  # version 1 again, another expiry
+    await run.commit()
+    keys = [VersionedKey(scope, key, record.version, record.expires_at)
+            for (scope, key), record in fired.items()]
+    keys.append(VersionedKey("default", "missing", 1))
+    deleted = await store.timers.delete_if_versions(tenant, keys)
+    outcome = {(item.scope, item.key): result for item, result in zip(keys, deleted, strict=True)}
+    assert outcome == {("default", "same"): True, ("default", "rewritten"): False,
+                       ("default", "recreated"): False, ("default", "other-scope"): True,
+                       ("b", "same"): True, ("default", "missing"): False}
+    assert await session().call("get", ["rewritten"]) == 2
+    assert await session().call("get", ["recreated"]) == 3
+    assert await session().call("get", ["same"]) is None
+    # The tenant's row count went down by exactly the rows deleted.
+    assert (await store.kv.load_row(tenant, "default", "rewritten"))[1] == 2
+    assert await store.timers.delete_if_versions(tenant, []) == []
 
 
 async def test_resume_records(store: Store, session: SessionFactory, tenant: TenantId,

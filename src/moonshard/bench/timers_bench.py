@@ -9,9 +9,9 @@
 - Memory: how many timers the timer service holds (``status()["timers"]["held"]``) and the
   RSS of a worker process with the million timers pending, beside the same with none.
 - Backlog: handlers set 100,000 keys with a ttl, the engine stops, the keys come due while
-  it is down; the time from reopening it until every one has fired (no expiry row left in
-  the store). Baseline: the store alone deleting the same number of rows, one transaction
-  each, as the firing does.
+  it is down; keys per second from reopening it until every one has fired (no expiry row
+  left in the store). Baseline: the store alone deleting the same number of rows, one
+  transaction each (what firing them one by one would cost the store alone).
 
 The million pending timers (and the baseline's backlog) are written with ``KVStore.apply`` in
 large batches (the store's SQL-free API). Every database is a temporary SQLite file.
@@ -311,6 +311,7 @@ async def _backlog_figure(scale: TimersScale) -> Figure:
                 tenant, key = keys[number]
                 await store.kv.apply(tenant, [KVDelete("default", key)], now=time.time())
             floor = await closed_loop(delete, in_flight=64, count=len(keys))
-    return Figure(_SUITE, f"drain a {scale.backlog:,}-timer backlog after a restart "
-                  "(open to last fired)", drained, "s", floor.seconds,
-                  "the store alone: one delete transaction per timer, 64 callers")
+    return Figure(_SUITE, f"expiry backlog of {scale.backlog:,} keys drained after a restart "
+                  "(open to last fired; goal 10,000/s)", scale.backlog / drained, "keys/s",
+                  scale.backlog / floor.seconds,
+                  "the store alone: one delete transaction per key, 64 callers")

@@ -178,7 +178,9 @@ class TimerConfig:
 
     window_seconds: float = 30.0
     page_size: int = 5000
+    # Batches being fired at once, and the most timers of one tenant in a batch.
     max_in_flight: int = 64
+    batch_size: int = 64
     # Delays before each retry of a failed firing (TEMPLATES.md: 1, 2, 4, 8, 16, 32 s).
     backoff: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     # How often the service looks for timers written where it could not see them.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 
 from moonshard.contracts.host import Capability, RunScope
@@ -26,7 +26,7 @@ from moonshard.host.kv import KVSession
 from moonshard.host.ratelimit import GcraLimiter
 from moonshard.limits import Limits
 from moonshard.sandbox.driver import StepRunner, drive
-from moonshard.sandbox.vm import TenantVM
+from moonshard.sandbox.vm import HostRequest, LuaRun, TenantVM
 from moonshard.store.api import RunCommit, RunEffects, RunLimits, Store
 from moonshard.templates import Template, TemplateSet
 from moonshard.tenants import TenantId
@@ -60,6 +60,9 @@ def _events(run: RunContext) -> Capability:
 
 
 CAPABILITIES: Mapping[str, CapabilityFactory] = MappingProxyType({"kv": _kv, "events": _events})
+# How long one Lua step may go on starting further runs of ``run_events`` (each run keeps its
+# own CPU limit; this only bounds how long the step holds its Lua thread beyond one run).
+_SHARED_STEP_SECONDS = 0.005
 """The capabilities of every handler run, by family (``ctx.<family>``)."""
 
 OnCommit = Callable[[TenantId, RunCommit], None]
@@ -138,18 +141,92 @@ class HandlerRunner:
             results.append(await self._run_one(vm, template, event, rate_limiter, run_step))
         return results
 
+    async def run_events(
+        self, vm: TenantVM, template_set: TemplateSet, events: Sequence[Event],
+        rate_limiter: GcraLimiter, run_step: StepRunner[object],
+    ) -> list[list[HandlerResult]]:
+        """Runs the first of ``events`` and maybe some of those after it, in order, as
+        ``run_event`` would run each; gives the results of those run (never none).
+
+        The handler runs are started one after another in one Lua step, as long as each ends
+        without a host call (so it has nothing to commit) and the step is younger than
+        ``_SHARED_STEP_SECONDS``: a backlog of trivial handlers costs one hand-off to a Lua
+        thread, not one each. The first run that calls the host goes on as a run of its own
+        and ends the events run (what it writes may change what comes after).
+        """
+        planned = [(index, template) for index, event in enumerate(events)
+                   for template in template_set.subscribers(event.name)]
+        if not planned or not all(vm.handles(template.name, events[index].name)
+                                  for index, template in planned):
+            # Nothing to run, or a template not loaded: the one-by-one path reports it.
+            return [await self.run_event(vm, template_set, events[0], rate_limiter, run_step)]
+        runs: list[tuple[int, Template, LuaRun]] = []
+
+        def step_several() -> list[HostRequest | HandlerResult]:
+            # On a Lua thread, under the watchdog like any step.
+            outcomes: list[HostRequest | HandlerResult] = []
+            until = time.monotonic() + _SHARED_STEP_SECONDS
+            for index, template in planned:
+                if outcomes and (time.monotonic() > until or vm.broken is not None):
+                    break
+                run = vm.start_handler(template.name, template.version, events[index])
+                assert run is not None  # checked above
+                runs.append((index, template, run))
+                outcome = run.step(None)
+                outcomes.append(outcome)
+                if isinstance(outcome, HostRequest):
+                    break
+            return outcomes
+
+        try:
+            stepped = await run_step(step_several)
+        except BaseException:
+            for _, _, run in runs:  # as drive() does when a step fails
+                run.cancel()
+            raise
+        assert isinstance(stepped, list)
+        last_event = planned[len(stepped) - 1][0]
+        results: list[list[HandlerResult]] = [[] for _ in range(last_event + 1)]
+        for (index, template, run), outcome in zip(runs, stepped, strict=False):
+            if isinstance(outcome, HostRequest):
+                results[index].append(await self._run_one(
+                    vm, template, events[index], rate_limiter, run_step, (run, outcome)))
+                continue
+            run.cancel()
+            if not outcome.ok:
+                self._log_failure(vm.tenant, template, events[index], outcome)
+            results[index].append(outcome)
+        # The templates of the last event that the step did not reach run one by one.
+        for index, template in planned[len(stepped):]:
+            if index != last_event:
+                break
+            if vm.broken is not None:
+                results[index].append(HandlerResult(
+                    template.name, False,
+                    error=f"not run: the tenant's VM broke its {vm.broken} limit in this event"))
+                continue
+            results[index].append(await self._run_one(vm, template, events[index],
+                                                      rate_limiter, run_step))
+        return results
+
     async def _run_one(
         self, vm: TenantVM, template: Template, event: Event, rate_limiter: GcraLimiter,
-        run_step: StepRunner[object],
+        run_step: StepRunner[object], started: tuple[LuaRun, HostRequest] | None = None,
     ) -> HandlerResult:
+        """One handler run and its commit; ``started``: the run, already stepped up to its
+        first host request."""
         tenant = vm.tenant
-        run = vm.start_handler(template.name, template.version, event)
+        if started is None:
+            run = vm.start_handler(template.name, template.version, event)
+            first = None
+        else:
+            run, first = started
         if run is None:
             return HandlerResult(template.name, False,
                                  error="the template is not loaded in this VM")
         context = RunContext(tenant, template, event, self._limits, self._store, rate_limiter)
         capabilities = _OpenedOnUse(self._capabilities, context, self._at_start)
-        result = await drive(run, capabilities, run_step)
+        result = await drive(run, capabilities, run_step, first)
         scopes: list[RunScope] = [cap for cap in capabilities.opened.values()
                                   if isinstance(cap, RunScope)]
         if result.ok and scopes:
@@ -158,10 +235,14 @@ class HandlerRunner:
             for scope in scopes:
                 scope.discard()
         if not result.ok:
-            detail = f"\n{result.traceback}" if result.traceback else ""
-            self._log(tenant, "error", template.name,
-                      f"{event.name} handler failed: {result.error}{detail}")
+            self._log_failure(tenant, template, event, result)
         return result
+
+    def _log_failure(self, tenant: TenantId, template: Template, event: Event,
+                     result: HandlerResult) -> None:
+        detail = f"\n{result.traceback}" if result.traceback else ""
+        self._log(tenant, "error", template.name,
+                  f"{event.name} handler failed: {result.error}{detail}")
 
     async def _commit(
         self, tenant: TenantId, template: Template, scopes: list[RunScope],

@@ -30,12 +30,16 @@ async def run_inline(step: Callable[[], _T]) -> _T:
 
 async def drive(
     run: LuaRun, capabilities: Mapping[str, Capability], run_step: StepRunner[object],
+    first: HostRequest | None = None,
 ) -> HandlerResult:
     """Runs ``run`` to the end, answering its host requests from ``capabilities``: at once
-    inside the step where a capability can (``Capability.answer_now``), else awaited here."""
+    inside the step where a capability can (``Capability.answer_now``), else awaited here.
+    With ``first``, the run has already been stepped (elsewhere) up to that request."""
     answer: tuple[bool, JsonValue] | None = None
     run.now_answerer = _CapabilitiesNow(capabilities)
     try:
+        if first is not None:
+            answer = await _answer(first, capabilities)
         while True:
             outcome = await run_step(functools.partial(run.step, answer))
             if isinstance(outcome, HandlerResult):

@@ -339,6 +339,10 @@ class TenantVM:
         self._kernel.drop_template(self._door.box_text(name))
 
     # -- handler runs ---------------------------------------------------------------------
+    def handles(self, template: str, event_name: str) -> bool:
+        """Whether ``template`` is loaded here with a handler for ``event_name``."""
+        return event_name in self._handlers.get(template, ())
+
     def start_handler(self, template: str, version: int, event: Event) -> LuaRun | None:
         """A run of ``template``'s handler for ``event``; None when it has no such handler.
 

@@ -53,6 +53,8 @@ class TimerFigures(_Answer):
 
     held: int = Field(description="Timers held in memory (the next window)")
     fired: int
+    batches: int = Field(default=0, description="Mailbox jobs the fired timers went in "
+                         "(a backlog is fired in batches of one tenant's timers)")
     lateness_p50: float | None = Field(description="Seconds late, median of recent firings")
     lateness_p99: float | None
 

@@ -14,6 +14,7 @@ Metric names:
 | ``moonshard_events_dropped_total`` | counter | ``reason``: no_subscriber, no_tenant |
 | ``moonshard_timer_lateness_seconds`` | histogram | fed by ``observe_timer_lateness`` |
 | ``moonshard_timers_held`` / ``moonshard_timers_fired_total`` | gauge / counter | ``worker`` |
+| ``moonshard_timer_batches_total`` | counter | ``worker`` |
 | ``moonshard_timer_lateness_p50_seconds`` / ``_p99_seconds`` | gauge | ``worker`` |
 | ``moonshard_http_requests_total`` | counter | ``method``, ``route``, ``status`` |
 | ``moonshard_worker_up`` / ``moonshard_worker_healthy`` | gauge | ``worker`` |
@@ -120,6 +121,9 @@ class _WorkerCollector(Collector):
                                       labels=["worker"]),
             "fired": CounterMetricFamily("moonshard_timers_fired",
                                          "Timers the worker fired", labels=["worker"]),
+            "batches": CounterMetricFamily(
+                "moonshard_timer_batches", "Mailbox jobs the worker fired its timers in",
+                labels=["worker"]),
             "lateness_p50": GaugeMetricFamily(
                 "moonshard_timer_lateness_p50_seconds",
                 "Median lateness of the worker's recent first firings", labels=["worker"]),

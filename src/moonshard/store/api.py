@@ -54,6 +54,7 @@ __all__ = [
     "TokenInfo",
     "TokenStore",
     "TopPlace",
+    "VersionedKey",
     "expiry_cursor",
     "hash_token",
 ]
@@ -126,6 +127,16 @@ TopPlace = tuple[float, str]
 """(number, key): a place in a leaderboard's order, highest number first, then by key."""
 
 KVWrite = KVSet | KVDelete | KVIncr | KVExpire
+@dataclasses.dataclass(frozen=True, slots=True)
+class VersionedKey:
+    """A key as a timer read it: deleted only if it still has this version (and expiry)."""
+
+    scope: str
+    key: str
+    version: int
+    expires_at: float | None = None
+
+
 KVResult = KVRecord | bool | None
 """What one write gives: see ``KVStore.apply``."""
 
@@ -453,6 +464,13 @@ class TimerStore(abc.ABC):
         A key deleted and created again starts over at version 1, so a timer should also pass
         the ``expires_at`` it fired for: the row must then still carry exactly that expiry.
         """
+
+    @abc.abstractmethod
+    async def delete_if_versions(
+        self, tenant: TenantId, keys: Sequence[VersionedKey],
+    ) -> list[bool]:
+        """``delete_if_version`` for each of ``keys``, all in one transaction: one result per
+        key, in order (a backlog of expiries is finished in batches, not one commit each)."""
 
     @abc.abstractmethod
     async def resume_records(self, tenant: TenantId, *, now: float) -> list[KVRecord]:

@@ -61,6 +61,7 @@ from moonshard.store.api import (
     TokenInfo,
     TokenStore,
     TopPlace,
+    VersionedKey,
     hash_token,
 )
 from moonshard.store.migrations import migrate_postgres
@@ -129,6 +130,14 @@ _KV_AHEAD = (
 _KV_DELETE = f"DELETE FROM kv WHERE {_KEY}"
 _KV_DELETE_VERSION = f"DELETE FROM kv WHERE {_KEY} AND version = $5"
 _KV_DELETE_VERSION_AT = f"{_KV_DELETE_VERSION} AND expires_at = $6"
+# One statement for a batch of timers: each (scope, key, version[, expires_at]) of the arrays,
+# numbered, so the caller learns which of its keys were deleted.
+_KV_DELETE_VERSIONS = (
+    "DELETE FROM kv USING unnest($3::text[], $4::text[], $5::bigint[], $6::float8[])"
+    " WITH ORDINALITY AS d(scope, key, version, expires_at, n)"
+    " WHERE kv.tenant_kind = $1 AND kv.tenant_id = $2 AND kv.scope = d.scope"
+    " AND kv.key = d.key AND kv.version = d.version"
+    " AND (d.expires_at IS NULL OR kv.expires_at = d.expires_at) RETURNING d.n")
 _KV_ROWS = f"SELECT row_count FROM kv_counts WHERE {_TENANT}"
 _KV_ROWS_ADD = (
     "INSERT INTO kv_counts (tenant_kind, tenant_id, row_count) VALUES ($1, $2, $3)"
@@ -644,6 +653,24 @@ class PostgresTimerStore(_Component, TimerStore):
                 return False
             await conn.execute(_KV_ROWS_ADD, tenant.kind, tenant.id, -1)
             return True
+
+        return await _retrying(self._pool, body)
+
+    async def delete_if_versions(
+        self, tenant: TenantId, keys: Sequence[VersionedKey],
+    ) -> list[bool]:
+        if not keys:
+            return []
+
+        async def body(conn: _Connection) -> list[bool]:
+            rows = await conn.fetch(
+                _KV_DELETE_VERSIONS, tenant.kind, tenant.id, [item.scope for item in keys],
+                [item.key for item in keys], [item.version for item in keys],
+                [item.expires_at for item in keys])
+            if rows:
+                await conn.execute(_KV_ROWS_ADD, tenant.kind, tenant.id, -len(rows))
+            deleted = {int(row[0]) for row in rows}
+            return [number in deleted for number in range(1, len(keys) + 1)]
 
         return await _retrying(self._pool, body)
 

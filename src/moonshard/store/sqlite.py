@@ -65,6 +65,7 @@ from moonshard.store.api import (
     TokenInfo,
     TokenStore,
     TopPlace,
+    VersionedKey,
     hash_token,
 )
 from moonshard.store.migrations import migrate_sqlite
@@ -753,6 +754,13 @@ class SqliteTimerStore(_Component, TimerStore):
         return await self._writer.transact(
             _delete_if_version, tenant, scope, key, version, expires_at)
 
+    async def delete_if_versions(
+        self, tenant: TenantId, keys: Sequence[VersionedKey],
+    ) -> list[bool]:
+        if not keys:
+            return []
+        return await self._writer.transact(_delete_if_versions, tenant, tuple(keys))
+
     async def resume_records(self, tenant: TenantId, *, now: float) -> list[KVRecord]:
         return await self._reader.run(_resume_records, tenant, now)
 
@@ -810,6 +818,23 @@ def _delete_if_version(
         deleted = conn.execute(_KV_DELETE_VERSION_AT, (*params, expires_at)).rowcount > 0
     if deleted:
         conn.execute(_KV_ROWS_ADD, (tenant.kind, tenant.id, -1))
+    return deleted
+
+
+def _delete_if_versions(
+    conn: sqlite3.Connection, tenant: TenantId, keys: tuple[VersionedKey, ...],
+) -> list[bool]:
+    kind, tenant_id = tenant.kind, tenant.id
+    deleted: list[bool] = []
+    for item in keys:
+        params: tuple[object, ...] = (kind, tenant_id, item.scope, item.key, item.version)
+        if item.expires_at is None:
+            cursor = conn.execute(_KV_DELETE_VERSION, params)
+        else:
+            cursor = conn.execute(_KV_DELETE_VERSION_AT, (*params, item.expires_at))
+        deleted.append(cursor.rowcount > 0)
+    if any(deleted):
+        conn.execute(_KV_ROWS_ADD, (kind, tenant_id, -sum(deleted)))
     return deleted
 
 

@@ -1,8 +1,10 @@
 """The timer service of one worker: fires the due timers of the tenants that worker owns.
 
 Firing goes through the tenant's mailbox like any event, so it is ordered with the tenant's
-other events. At most ``max_in_flight`` timers are being fired at once, so a backlog (timers
-that came due while the system was down) drains promptly but never floods the worker.
+other events. Due timers are fired in batches of up to ``batch_size`` timers of one tenant
+(one mailbox job each, in due order within the tenant), and at most ``max_in_flight`` batches
+are being fired at once, so a backlog (timers that came due while the system was down) drains
+promptly but never floods the worker.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from moonshard.contracts.worker import TimerConfig
 from moonshard.errors import WorkerUnavailable
+from moonshard.tenants import TenantId
 from moonshard.timers.wheel import TimerRef, TimerSource, TimerWheel
 
-__all__ = ["TimerConfig", "TimerService", "TimerStats"]
+__all__ = ["TimerConfig", "TimerService", "TimerStats", "batches_by_tenant"]
 
 _log = logging.getLogger(__name__)
 
@@ -27,11 +30,13 @@ _log = logging.getLogger(__name__)
 class TimerStats:
     """Lateness of first firings (seconds after due), over the last ``keep`` of them."""
 
-    __slots__ = ("_late", "fired")
+    __slots__ = ("_late", "batches", "fired")
 
     def __init__(self, keep: int = 10_000) -> None:
         self._late: collections.deque[float] = collections.deque(maxlen=keep)
         self.fired = 0
+        # Mailbox jobs the timers were fired in (fewer than timers when a backlog drains).
+        self.batches = 0
 
     def record(self, lateness: float) -> None:
         self._late.append(max(0.0, lateness))
@@ -44,7 +49,8 @@ class TimerStats:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
     def to_json(self) -> dict[str, float | int | None]:
-        return {"fired": self.fired, "lateness_p50": self.percentile(0.5),
+        return {"fired": self.fired, "batches": self.batches,
+                "lateness_p50": self.percentile(0.5),
                 "lateness_p99": self.percentile(0.99)}
 
 
@@ -52,7 +58,8 @@ class TimerService:
     """Two wheels (expiries, scheduled events) and the loop that fires what comes due."""
 
     def __init__(self, sources: dict[str, TimerSource],
-                 fire: Callable[[TimerRef], Awaitable[None]], config: TimerConfig) -> None:
+                 fire: Callable[[Sequence[TimerRef]], Awaitable[None]],
+                 config: TimerConfig) -> None:
         self.config = config
         self.stats = TimerStats()
         self._fire = fire
@@ -99,25 +106,31 @@ class TimerService:
                 await self._sleep_until_next()
 
     async def _fire_due(self, firing: asyncio.TaskGroup) -> None:
+        size = max(1, self.config.batch_size)
         for wheel in self._wheels.values():
             while True:
-                await self._slots.acquire()
-                due = wheel.pop_due(time.time(), 1)
+                due = wheel.pop_due(time.time(), size * self.config.max_in_flight)
                 if not due:
-                    self._slots.release()
                     break
-                firing.create_task(self._fire_one(due[0]))
+                for batch in batches_by_tenant(due, size):
+                    await self._slots.acquire()
+                    firing.create_task(self._fire_batch(batch))
 
-    async def _fire_one(self, ref: TimerRef) -> None:
+    async def _fire_batch(self, refs: Sequence[TimerRef]) -> None:
         try:
-            if ref.attempt == 1:
-                self.stats.record(time.time() - ref.due)
-            await self._fire(ref)
+            now = time.time()
+            self.stats.batches += 1
+            for ref in refs:
+                if ref.attempt == 1:
+                    self.stats.record(now - ref.due)
+            await self._fire(refs)
         except WorkerUnavailable:
-            pass  # the worker is stopping: the stored timer fires after the restart
+            pass  # the worker is stopping: the stored timers fire after the restart
         except Exception:
-            _log.exception("firing %s failed", ref)
-            self.retry(dataclasses.replace(ref, due=time.time() + 1.0))
+            # Refused before any of them ran (the mailbox was full): all of them again later.
+            _log.exception("firing %d timers of %s failed", len(refs), refs[0].tenant)
+            for ref in refs:
+                self.retry(dataclasses.replace(ref, due=time.time() + 1.0))
         finally:
             self._slots.release()
 
@@ -135,3 +148,17 @@ class TimerService:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), wake_at - now)
+
+
+def batches_by_tenant(due: Sequence[TimerRef], size: int) -> list[list[TimerRef]]:
+    """``due`` cut into batches of one tenant each, of at most ``size`` timers, each in the
+    order given; a tenant's batches come in that order too."""
+    batches: list[list[TimerRef]] = []
+    open_batch: dict[TenantId, list[TimerRef]] = {}
+    for ref in due:
+        batch = open_batch.get(ref.tenant)
+        if batch is None or len(batch) >= size:
+            batch = open_batch[ref.tenant] = []
+            batches.append(batch)
+        batch.append(ref)
+    return batches

@@ -13,7 +13,7 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from moonshard.contracts.timers import TimerRef
@@ -30,7 +30,7 @@ from moonshard.store.api import OutboxEvent, Store
 from moonshard.templates import TemplateSet
 from moonshard.tenants import TenantId
 
-__all__ = ["ActorServices", "BuildReason", "Deliver", "FireTimer", "Job", "TenantActor",
+__all__ = ["ActorServices", "BuildReason", "Deliver", "FireTimers", "Job", "TenantActor",
            "WarmUp", "no_subscriber"]
 
 _log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ class BuildReason(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class FireTimer:
-    timer: TimerRef
+class FireTimers:
+    """Due timers of this tenant, fired in order (one job for a batch of a backlog)."""
+
+    timers: tuple[TimerRef, ...]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,7 +65,7 @@ class Deliver:
     emitted: OutboxEvent
 
 
-Work = Dispatch | Reload | FireTimer | WarmUp | Deliver
+Work = Dispatch | Reload | FireTimers | WarmUp | Deliver
 
 
 @dataclasses.dataclass(slots=True)
@@ -84,7 +86,7 @@ class ActorServices:
     log: Callable[[TenantId, str, str, str], None]
     # Called before a VM is built: the cache policy makes room.
     make_room: Callable[[], None]
-    fire_timer: Callable[[TenantActor, TimerRef], Awaitable[None]]
+    fire_timers: Callable[[TenantActor, Sequence[TimerRef]], Awaitable[None]]
     # Counts jobs across the worker's mailboxes.
     dequeued: Callable[[], None]
     # The CPU alarm of the Lua threads the steps run on (None: hooks set from the start).
@@ -95,8 +97,8 @@ class TenantActor:
     """A tenant's mailbox, template set and VM within one worker."""
 
     __slots__ = ("_runners", "_services", "abandoned", "build_reason", "busy", "consumer",
-                 "current", "last_used", "mailbox", "rate_limiter", "template_set", "tenant",
-                 "vm")
+                 "current", "kv_commits", "last_used", "mailbox", "rate_limiter",
+                 "template_set", "tenant", "vm")
 
     def __init__(self, tenant: TenantId, services: ActorServices, mailbox_size: int) -> None:
         self.tenant = tenant
@@ -112,6 +114,8 @@ class TenantActor:
         self.rate_limiter = GcraLimiter()
         self.current: Job | None = None
         self.abandoned = False
+        # Runs of this tenant that committed key-value writes (a timer batch's staleness check).
+        self.kv_commits = 0
         # A step runner per event name, made once (a dispatch would otherwise make one).
         self._runners: dict[str, Any] = {}
 
@@ -173,8 +177,8 @@ class TenantActor:
             return DispatchReply(await self.run(work.event))
         if isinstance(work, Reload):
             return await self.reload()
-        if isinstance(work, FireTimer):
-            await self._services.fire_timer(self, work.timer)
+        if isinstance(work, FireTimers):
+            await self._services.fire_timers(self, work.timers)
             return None
         if isinstance(work, Deliver):
             return await self._deliver(work.emitted)
@@ -190,6 +194,16 @@ class TenantActor:
         template_set = await self.templates()
         vm = await self._ensure_vm(template_set)
         return await self._run_in(vm, template_set, event)
+
+    async def run_several(self, events: Sequence[Event]) -> list[list[HandlerResult]]:
+        """Runs the first of ``events`` and maybe some after it, in order (see
+        ``HandlerRunner.run_events``); gives the results of those it ran."""
+        template_set = await self.templates()
+        vm = await self._ensure_vm(template_set)
+        results = await self._services.runner.run_events(
+            vm, template_set, events, self.rate_limiter, self._step_runner(events[0].name))
+        self._after_run(vm)
+        return results
 
     async def _deliver(self, emitted: OutboxEvent) -> None:
         event = Event(emitted.name, emitted.data, author=emitted.author, id=emitted.event_id)
@@ -250,11 +264,14 @@ class TenantActor:
         services = self._services
         results = await services.runner.run_event(
             vm, template_set, event, self.rate_limiter, self._step_runner(event.name))
+        self._after_run(vm)
+        return results
+
+    def _after_run(self, vm: TenantVM) -> None:
         if vm.broken is not None and self.vm is vm:
             self.vm = None
             self._tenant_log("warn", "-", f"VM discarded after breaking its {vm.broken} limit; "
                              "it is rebuilt on the next event")
-        return results
 
     def _step_runner(self, what: str) -> Any:
         runner = self._runners.get(what)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from moonshard.contracts.timers import TimerRef
@@ -48,7 +48,7 @@ from moonshard.timers.sources import stored_timers
 from moonshard.worker.actor import (
     ActorServices,
     Deliver,
-    FireTimer,
+    FireTimers,
     Job,
     TenantActor,
     WarmUp,
@@ -101,7 +101,7 @@ class WorkerCore:
             store=store, limits=config.limits, runner=self._runner,
             step_runner=self._step_runner, log=log,
             make_room=lambda: self.cache.make_room(self._actors.values()),
-            fire_timer=self._delivery.fire, dequeued=self._dequeued,
+            fire_timers=self._delivery.fire_batch, dequeued=self._dequeued,
             cpu_alarm=self._steps.cpu_alarm)
 
     # -- running ---------------------------------------------------------------------------
@@ -228,6 +228,10 @@ class WorkerCore:
 
     # -- after a run's commit: timers and emitted events -----------------------------------
     def _committed(self, tenant: TenantId, commit: RunCommit) -> None:
+        if commit.kv_results:
+            actor = self._actors.get(tenant)
+            if actor is not None:
+                actor.kv_commits += 1
         for result in commit.kv_results:
             if isinstance(result, KVRecord) and result.expires_at is not None:
                 self.timers.arm(TimerRef("expiry", result.expires_at, tenant, result.scope,
@@ -260,14 +264,16 @@ class WorkerCore:
             after = page[-1].id
 
     # -- timers ----------------------------------------------------------------------------
-    async def _fire_through_mailbox(self, timer: TimerRef) -> None:
-        """Fires in the tenant's mailbox, so in order with its other events; waits for it."""
+    async def _fire_through_mailbox(self, timers: Sequence[TimerRef]) -> None:
+        """Fires timers of one tenant in its mailbox, so in order with its other events;
+        waits for them."""
+        tenant = timers[0].tenant
         if self._stopping:
             raise WorkerUnavailable("stopping: the timer fires after the restart")
-        if timer.tenant in self._quarantined:
+        if tenant in self._quarantined:
             raise WorkerUnavailable("the tenant is quarantined: the timer fires after")
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(self._actor(timer.tenant), Job(FireTimer(timer), done))
+        self._enqueue(self._actor(tenant), Job(FireTimers(tuple(timers)), done))
         await done
 
     async def _warm_up(self) -> None:
