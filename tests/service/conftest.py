@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ def suite_services() -> Iterator[None]:
     not one per server), and the session's PostgreSQL schemas, dropped at its end."""
     try:
         if SUITE.topology == "ray" and not os.environ.get(RAY_ADDRESS_VARIABLE):
-            with ray_head() as address, pytest.MonkeyPatch.context() as patch:
+            with pytest.MonkeyPatch.context() as patch, ray_head(patch) as address:
                 patch.setenv(RAY_ADDRESS_VARIABLE, address)
                 yield
         else:
@@ -44,10 +45,18 @@ def suite_services() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_head() -> Iterator[str]:
-    """``ray start --head`` on a free port with its own temporary folder; ended by its own
-    pid and process group (never ``ray stop``, which ends every Ray of the user)."""
+def ray_head(patch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``ray start --head`` on a free port with its own temporary folder and its own token;
+    ended by its own pid and process group (never ``ray stop``, which ends every Ray of the
+    user). ``patch`` gives the token to the servers this session starts."""
     temp = Path(tempfile.mkdtemp(prefix="msray-", dir="/tmp"))  # short: socket paths
+    # Not ~/.ray/auth_token: any other Ray started on the machine rewrites that one, and this
+    # cluster would refuse its servers.
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    patch.setenv("RAY_AUTH_MODE", "token")
+    patch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     port = free_port()
     log = temp / "head.log"
     ray = Path(sys.executable).parent / "ray"
