@@ -1,9 +1,19 @@
-"""Helpers of the service suite: a real ``moonshard serve`` subprocess on a free port."""
+"""Helpers of the service suite: a real ``moonshard serve`` subprocess on a free port.
+
+The suite runs on one topology and database, chosen by the environment (``SUITE``):
+``MOONSHARD_TEST_TOPOLOGY`` (``thread``, the default; ``process``; ``ray``) and
+``MOONSHARD_TEST_DATABASE`` (``sqlite``, the default, or ``postgres``; ``ray`` needs and
+implies ``postgres``). The shared server and every server a test starts without naming a
+topology use it. On PostgreSQL each server folder has its own schema (a restart in the same
+folder finds its data, as with an SQLite file there), dropped when the session ends.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import random
 import signal
@@ -14,7 +24,10 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import asyncpg
 import httpx
+
+from moonshard.config import data_folder
 
 BIN = Path(sys.executable).parent
 MOONSHARD = [str(BIN / "moonshard")] if (BIN / "moonshard").exists() else \
@@ -42,6 +55,74 @@ return {
 """
 
 
+POSTGRES_URL = os.environ.get(
+    "MOONSHARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The Ray cluster servers of the ray topology join; the suite's fixture starts one (and sets
+# this) unless it is given.
+RAY_ADDRESS_VARIABLE = "MOONSHARD_TEST_RAY_ADDRESS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """The topology and database the suite's servers run on."""
+
+    topology: str
+    database: str
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str]) -> Suite:
+        topology = env.get("MOONSHARD_TEST_TOPOLOGY") or "thread"
+        database = env.get("MOONSHARD_TEST_DATABASE") or (
+            "postgres" if topology == "ray" else "sqlite")
+        if topology not in ("thread", "process", "ray"):
+            raise ValueError(f"MOONSHARD_TEST_TOPOLOGY={topology!r}: thread, process or ray")
+        if database not in ("sqlite", "postgres"):
+            raise ValueError(f"MOONSHARD_TEST_DATABASE={database!r}: sqlite or postgres")
+        if topology == "ray" and database != "postgres":
+            raise ValueError("MOONSHARD_TEST_TOPOLOGY=ray needs MOONSHARD_TEST_DATABASE=postgres")
+        return cls(topology, database)
+
+    @property
+    def is_default(self) -> bool:
+        return (self.topology, self.database) == ("thread", "sqlite")
+
+    def topologies(self, *usual: str) -> list[str]:
+        """What a test that runs on several topologies runs on: ``usual`` in the default run,
+        the suite's topology alone in another (the default run has covered ``usual``)."""
+        return list(usual) if self.is_default else [self.topology]
+
+    @property
+    def schema_prefix(self) -> str:
+        # This session's schemas: the session's end drops them all.
+        return f"svc_{os.getpid()}_"
+
+    def database_url(self, folder: Path) -> str:
+        """The database of a server started in ``folder``: the same one on every start."""
+        if self.database == "sqlite":
+            return f"sqlite:///{folder / 'data' / 'moonshard.db'}"
+        digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+        return f"{POSTGRES_URL}?schema={self.schema_prefix}{digest}"
+
+    async def drop_schemas(self) -> None:
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            names = await conn.fetch(
+                "SELECT nspname FROM pg_namespace WHERE left(nspname, $1) = $2",
+                len(self.schema_prefix), self.schema_prefix)
+            for row in names:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
+        finally:
+            await conn.close()
+
+
+SUITE = Suite.from_environment(os.environ)
+
+
+def drop_suite_schemas() -> None:
+    if SUITE.database == "postgres":
+        asyncio.run(SUITE.drop_schemas())
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -61,7 +142,10 @@ class Served:
     process: subprocess.Popen[bytes]
     url: str
     folder: Path
-    database: Path
+    database_url: str
+    # Where its files are (the admin token's file): the SQLite file's folder, else the
+    # ./moonshard-data of its working folder.
+    data_folder: Path
     admin_token: str
     log: Path
 
@@ -97,16 +181,23 @@ def cli_env(served: Served, **extra: str) -> dict[str, str]:
             "COLUMNS": "200", **extra}
 
 
-def start_server(folder: Path, *, topology: str = "thread", workers: int | None = 2,
-                 env: Mapping[str, str] | None = None, timeout: float = 60,
+def start_server(folder: Path, *, topology: str | None = None, workers: int | None = 2,
+                 env: Mapping[str, str] | None = None, timeout: float | None = None,
                  own_process_group: bool = False) -> Served:
+    """A server in ``folder`` on ``topology`` (the suite's unless named) and the suite's
+    database (unless ``env`` names one)."""
+    topology = topology or SUITE.topology
+    # A Ray worker's actor takes seconds to start on a busy machine.
+    timeout = timeout or (120 if topology == "ray" else 60)
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    database = folder / "data" / "moonshard.db"
+    ray_address = os.environ.get(RAY_ADDRESS_VARIABLE)
     full_env = {
         **os.environ,
-        "MOONSHARD_DATABASE_URL": f"sqlite:///{database}",
+        "MOONSHARD_DATABASE_URL": SUITE.database_url(folder),
         "MOONSHARD_TOPOLOGY": topology,
+        **({"MOONSHARD_RAY_ADDRESS": ray_address} if topology == "ray" and ray_address
+           else {}),
         **({"MOONSHARD_WORKERS": str(workers)} if workers is not None else {}),
         "MOONSHARD_HOST": "127.0.0.1",
         "MOONSHARD_PORT": str(port),
@@ -133,9 +224,11 @@ def start_server(folder: Path, *, topology: str = "thread", workers: int | None 
             process.kill()
             raise RuntimeError(f"moonshard serve did not start:\n{log.read_text()}")
         time.sleep(0.1)
-    token = full_env.get("MOONSHARD_ADMIN_TOKEN") or \
-        (database.parent / "admin-token").read_text().strip()
-    return Served(process, url, folder, database, token, log)
+    database_url = full_env["MOONSHARD_DATABASE_URL"]
+    files = data_folder(database_url)
+    files = files if files.is_absolute() else folder / files
+    token = full_env.get("MOONSHARD_ADMIN_TOKEN") or (files / "admin-token").read_text().strip()
+    return Served(process, url, folder, database_url, files, token, log)
 
 
 @contextlib.contextmanager

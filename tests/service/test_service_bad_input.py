@@ -171,7 +171,8 @@ def test_bad_kv_listing_queries(admin: httpx.Client, tenant: str, params: dict[s
 
 
 @pytest.mark.parametrize("params", [{"limit": -1}, {"limit": 5000}, {"follow": "maybe"},
-                                    {"limit": "x"}])
+                                    {"limit": "x"}, {"template": "a\x00b"},
+                                    {"template": "\x00", "follow": "true"}])
 def test_bad_log_queries(admin: httpx.Client, tenant: str, params: dict[str, object]) -> None:
     expect(admin.get(f"/v1/tenants/{tenant}/logs", params=params), 422)  # type: ignore[arg-type]
 

@@ -147,9 +147,10 @@ def test_errors_are_one_line_with_non_zero_exit(served: Served, tmp_path: Path) 
 
 
 def test_the_default_token_is_the_local_admin_token_file(served: Served, tmp_path: Path) -> None:
-    env = cli_env(served, MOONSHARD_DATABASE_URL=f"sqlite:///{served.database}")
+    # Run where the server runs: a PostgreSQL server's files are in its ./moonshard-data.
+    env = cli_env(served, MOONSHARD_DATABASE_URL=served.database_url)
     del env["MOONSHARD_TOKEN"]
-    assert run(served, "template", "ls", "--tenant", "guild:1", env=env, cwd=tmp_path
+    assert run(served, "template", "ls", "--tenant", "guild:1", env=env, cwd=served.folder
                ).returncode == 0
     # No token file where the client looks: a clear error, not a 401.
     env["MOONSHARD_DATABASE_URL"] = f"sqlite:///{tmp_path / 'elsewhere.db'}"

@@ -140,7 +140,7 @@ def test_toml_settings_admin_token_file_and_an_unreachable_discord(tmp_path: Pat
         health = httpx.get(f"{served.url}/healthz").json()
         assert len(health["workers"]) == 1
         assert health["gateway"]["state"] in ("starting", "reconnecting")
-        token_file = served.database.parent / "admin-token"
+        token_file = served.data_folder / "admin-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         assert str(token_file) in served.output()
     finally:
@@ -156,7 +156,7 @@ def test_toml_settings_admin_token_file_and_an_unreachable_discord(tmp_path: Pat
     finally:
         assert again.stop() == 0
     # An ADMIN_TOKEN that is some tenant's token is refused, in one line.
-    refused = serve(tmp_path, env={"MOONSHARD_DATABASE_URL": f"sqlite:///{served.database}",
+    refused = serve(tmp_path, env={"MOONSHARD_DATABASE_URL": served.database_url,
                                    "MOONSHARD_ADMIN_TOKEN": tenant_token, "MOONSHARD_PORT": "0"})
     assert refused.returncode == 1
     assert "MOONSHARD_ADMIN_TOKEN: that token already exists for a single tenant" in \

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from service_support import MOONSHARD, Served, cli_env, serving
+from service_support import MOONSHARD, SUITE, Served, cli_env, serving
 
 CHATTY = """
 return {
@@ -52,7 +52,8 @@ async def follow_lines(served: Served, tenant: str, count: int,
 async def test_logs_are_durable_filtered_and_followed_across_workers(tmp_path: Path) -> None:
     first, second = tenants_on_each_worker()
     env = {"MOONSHARD_LOG_LINES": "9"}
-    with serving(tmp_path, topology="process", workers=2, env=env) as served:
+    with serving(tmp_path, topology=SUITE.topologies("process")[0], workers=2,
+                 env=env) as served:
         with served.client() as admin:
             for tenant, source in ((first, CHATTY), (second, QUIET)):
                 assert admin.put(f"/v1/tenants/{tenant}/templates/talker",
@@ -102,7 +103,8 @@ async def test_logs_are_durable_filtered_and_followed_across_workers(tmp_path: P
         assert bad.returncode == 2
         assert served.stop() == 0
     # Retention: 9 lines per tenant (3 per TALK, then the error and its note).
-    with serving(tmp_path, topology="thread", workers=1, env=env) as again:
+    with serving(tmp_path, topology=SUITE.topologies("thread")[0], workers=1,
+                 env=env) as again:
         with again.client() as admin:
             kept = admin.get(f"/v1/tenants/{first}/logs", params={"limit": 1000}).text
             messages = [json.loads(line)["message"] for line in kept.splitlines()]

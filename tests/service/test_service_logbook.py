@@ -1,5 +1,5 @@
-"""The log book over a real SQLite store: batches, threads, filters, followers, slow readers,
-retention, and lines that survive the book (a restart)."""
+"""The log book over a real store (the suite's database): batches, threads, filters,
+followers, slow readers, retention, and lines that survive the book (a restart)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+from service_support import SUITE
 
 from moonshard.server.logbook import LogBook, LogLine
 from moonshard.store import open_store
@@ -35,7 +37,7 @@ async def settle() -> None:
 
 
 async def test_lines_are_stored_bounded_and_survive_the_book(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'logs.db'}"
+    url = SUITE.database_url(tmp_path)
     async with await open_store(url) as store, running(LogBook(keep_lines=3), store) as book:
         for number in range(5):
             book(A, "info", "t", f"line {number}")
@@ -54,7 +56,7 @@ async def test_lines_are_stored_bounded_and_survive_the_book(tmp_path: Path) -> 
 
 
 async def test_filters_and_lines_from_other_threads(tmp_path: Path) -> None:
-    async with await open_store(f"sqlite:///{tmp_path / 'logs.db'}") as store, \
+    async with await open_store(SUITE.database_url(tmp_path)) as store, \
             running(LogBook(), store) as book:
 
         def write(level: str) -> None:
@@ -77,7 +79,7 @@ async def test_filters_and_lines_from_other_threads(tmp_path: Path) -> None:
 
 async def test_followers_get_stored_lines_once_and_end_when_the_book_closes(
         tmp_path: Path) -> None:
-    async with await open_store(f"sqlite:///{tmp_path / 'logs.db'}") as store, \
+    async with await open_store(SUITE.database_url(tmp_path)) as store, \
             running(LogBook(), store) as book:
         book(A, "info", "t", "before")
         got: list[LogLine] = []
@@ -114,7 +116,7 @@ async def test_followers_get_stored_lines_once_and_end_when_the_book_closes(
 
 async def test_a_slow_follower_loses_lines_with_a_note(tmp_path: Path) -> None:
     book = LogBook(follower_queue=5)
-    async with await open_store(f"sqlite:///{tmp_path / 'logs.db'}") as store, \
+    async with await open_store(SUITE.database_url(tmp_path)) as store, \
             running(book, store), book.follow(A, LogQuery(), 0) as (_, follower):
         lines = aiter(follower)
         for number in range(20):

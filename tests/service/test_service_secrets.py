@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from service_support import serving
+from service_support import SUITE, serving
 
 from tests.fakediscord.server import bot_token
 
@@ -32,7 +32,7 @@ async def drop_schema(schema: str) -> None:
         await conn.close()
 
 
-@pytest.mark.parametrize("topology", ["thread", "process"])
+@pytest.mark.parametrize("topology", SUITE.topologies("thread", "process"))
 def test_secrets_stay_out_of_the_output_and_health(tmp_path: Path, topology: str) -> None:
     schema = "t_" + uuid.uuid4().hex[:16]
     # The test server trusts every local user: a password is accepted and ignored.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_support import COUNTER, Served, new_guild, serving
+from service_support import COUNTER, SUITE, Served, new_guild, serving
 
 from moonshard.store import open_store
 from moonshard.tenants import TenantId
@@ -54,9 +54,9 @@ async def follow_until_closed(served: Served, tenant: str) -> int:
     return lines
 
 
-async def missing_writes(database: Path, acknowledged: list[tuple[str, str]]) -> list[str]:
+async def missing_writes(database_url: str, acknowledged: list[tuple[str, str]]) -> list[str]:
     missing = []
-    async with await open_store(f"sqlite:///{database}") as store:
+    async with await open_store(database_url) as store:
         for tenant, key in acknowledged:
             record = await store.kv.get(TenantId.parse(tenant), "default", key, now=time.time())
             if record is None:
@@ -66,7 +66,7 @@ async def missing_writes(database: Path, acknowledged: list[tuple[str, str]]) ->
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c-to-the-process-group"])
 async def test_stop_under_load_loses_no_acknowledged_write(tmp_path: Path, how: str) -> None:
-    with serving(tmp_path, topology="process", workers=2,
+    with serving(tmp_path, topology=SUITE.topologies("process")[0], workers=2,
                  env={"MOONSHARD_STOP_DEADLINE": "20"}, own_process_group=True) as served:
         await load_and_stop(served, how)
 
@@ -100,7 +100,7 @@ async def load_and_stop(served: Served, how: str) -> None:
     assert code == 0, output
     assert "stopped" in output
     assert "Traceback" not in output, output
-    assert await missing_writes(served.database, acknowledged) == []
+    assert await missing_writes(served.database_url, acknowledged) == []
 
 
 STUCK_IN_C = """
@@ -112,7 +112,7 @@ return {STUCK = function() return string.rep("a", 400000):find("a-b") end,
 def test_a_worker_killed_mid_event_is_503_then_the_tenant_is_429(tmp_path: Path) -> None:
     """A call stuck in C kills its worker process: the running event answers 503
     worker_crashed; a tenant that does it twice is quarantined, 429 with Retry-After."""
-    with serving(tmp_path, topology="process", workers=1,
+    with serving(tmp_path, topology=SUITE.topologies("process")[0], workers=1,
                  # A raised pattern guard lets a call get stuck in C (the last resort's case).
                  env={"MOONSHARD_CPU_LIMIT": "0.5",
                       "MOONSHARD_PATTERN_STEPS": "10000000000000"}) as served:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 import pytest
-from service_support import MOONSHARD, Served, cli_env, new_guild, serving
+from service_support import MOONSHARD, SUITE, Served, cli_env, new_guild, serving
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -24,11 +24,12 @@ def source(word: str) -> str:
             f'  {word.upper()} = function() end }}')
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=[SUITE.database] + (
+    ["postgres"] if SUITE.database == "sqlite" else []))
 def server(request: pytest.FixtureRequest, served: Served,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """The shared SQLite server, and one on a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
+    """The shared server, and on a suite run on SQLite one on a fresh PostgreSQL schema."""
+    if request.param == SUITE.database:
         yield served
         return
     schema = "t_" + uuid.uuid4().hex[:16]

@@ -71,8 +71,8 @@ def test_rotate_admin_ends_the_old_token_at_once(tmp_path: Path) -> None:
         rotated = run(served, "token", "rotate-admin", "--json")
         assert rotated.returncode == 0, rotated.stderr
         new = json.loads(rotated.stdout)
-        assert new["file"] == str(served.database.parent / "admin-token")
-        assert (served.database.parent / "admin-token").read_text().strip() == new["token"]
+        assert new["file"] == str(served.data_folder / "admin-token")
+        assert (served.data_folder / "admin-token").read_text().strip() == new["token"]
         assert status_with(served, old, tenant) == 401
         assert status_with(served, new["token"], tenant) == 200
         plain = run(served, "token", "rotate-admin", token=new["token"])
@@ -88,7 +88,7 @@ def test_a_deleted_token_file_never_leaves_the_old_admin_token_alive(tmp_path: P
     with serving(tmp_path, workers=1) as first:
         old = first.admin_token
         assert first.stop() == 0
-    (first.database.parent / "admin-token").unlink()
+    (first.data_folder / "admin-token").unlink()
     with serving(tmp_path, workers=1) as second:
         assert second.admin_token != old
         assert status_with(second, old, tenant) == 401

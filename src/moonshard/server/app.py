@@ -475,6 +475,10 @@ def create_app(
         since: Annotated[float | None, Query(
             ge=0, le=1e11, description="Only lines written at or after (unix seconds)")] = None,
     ) -> Response:
+        if template is not None and "\x00" in template:
+            # No template's name holds NUL (PostgreSQL cannot store it): refused on every
+            # store alike, as a kv prefix with NUL is.
+            raise ApiError(422, "invalid_request", "template must not contain NUL")
         query = LogQuery(levels=None if level is None else levels_from(level),
                          template=template, since=since)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -92,7 +92,7 @@ async def ensure_admin_token(tokens: TokenStore, settings: Settings) -> str:
         except ValueError as error:
             raise ConfigError(f"{settings.source_of('ADMIN_TOKEN')}: {error}") from None
         return settings.source_of("ADMIN_TOKEN")
-    path = settings.admin_token_path
+    path = _admin_token_file(settings)
     try:
         existing = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -280,7 +280,13 @@ async def _opened_engine(settings: Settings, topology: Topology, logbook: LogBoo
 def _admin_token_home(settings: Settings) -> AdminTokenHome:
     if settings.admin_token is not None:
         return AdminTokenHome(setting=settings.source_of("ADMIN_TOKEN"))
-    return AdminTokenHome(file=settings.admin_token_path, write=write_admin_token)
+    return AdminTokenHome(file=_admin_token_file(settings), write=write_admin_token)
+
+
+def _admin_token_file(settings: Settings) -> Path:
+    """Said in full (the start-up summary, rotate-admin's answer): with PostgreSQL it is in
+    ./moonshard-data, which means nothing to a client in another folder."""
+    return settings.admin_token_path.absolute()
 
 
 def _setting(name: str, settings: Settings) -> str:
