@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
+import json
 import os
 import signal
 import sys
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from moonshard.bench.baselines import RawLupaTenants, ThreadPerTenant
 from moonshard.bench.load import LoadResult, closed_loop
-from moonshard.bench.measure import Figure, mean, rss_bytes
+from moonshard.bench.measure import Figure, mean
 from moonshard.bench.partial import PartialRun
 from moonshard.bench.scratch import scratch_sqlite
 from moonshard.engine import Engine
@@ -36,7 +36,7 @@ from moonshard.tenants import TenantId
 from moonshard.topology.pool import Topology
 from moonshard.topology.supervisor import RestartPolicy
 
-__all__ = ["COUNTER_TEMPLATE", "FULL", "QUICK", "WorkersScale", "bench_tenants",
+__all__ = ["COUNTER_TEMPLATE", "EVENT_NAME", "FULL", "QUICK", "WorkersScale", "bench_tenants",
            "run_workers_bench"]
 
 _SUITE = "workers"
@@ -44,7 +44,7 @@ COUNTER_TEMPLATE = """
 local n = 0
 return { TICK = function(ctx, event) n = n + 1 return n end }
 """
-_EVENT = "TICK"
+EVENT_NAME = "TICK"
 # A killed worker not serving again after this long is a failure of the suite.
 _RECOVERY_TIMEOUT = 30.0
 # Tenant snowflakes start here; consecutive tenants land on consecutive workers.
@@ -87,10 +87,10 @@ async def _run(scale: WorkersScale) -> list[Figure]:
     figures: list[Figure] = []
     with scratch_sqlite() as url:
         await _store_templates(url, tenants)
-        raw = RawLupaTenants([COUNTER_TEMPLATE] * len(tenants), _EVENT)
+        raw = RawLupaTenants([COUNTER_TEMPLATE] * len(tenants), EVENT_NAME)
         raw_seconds = raw.time_calls(scale.raw_calls)
         raw_rate = scale.raw_calls / raw_seconds
-        sample = Event(_EVENT)
+        sample = Event(EVENT_NAME)
         raw_converted_rate = scale.raw_calls / raw.time_converted_calls(
             scale.raw_calls, sample.name, sample.id, sample.at, {})
         raw_build_rate = len(raw) / raw.build_seconds
@@ -165,21 +165,30 @@ async def _run(scale: WorkersScale) -> list[Figure]:
 
 async def _store_templates(url: str, tenants: Sequence[TenantId]) -> None:
     """Every tenant gets the counter template, written straight to the store."""
-    template = Template("counter", {"init.lua": COUNTER_TEMPLATE}, (_EVENT,))
+    template = Template("counter", {"init.lua": COUNTER_TEMPLATE}, (EVENT_NAME,))
     async with await open_store(url) as store:
         for tenant in tenants:
             await store.templates.put(tenant, template)
 
 
+async def _memory_probe(*args: str) -> float:
+    """Bytes per tenant, measured in a fresh process (``moonshard.bench.memory_probe``)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "moonshard.bench.memory_probe", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE)
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the memory probe {args[0]} failed (exit {process.returncode})")
+    return float(json.loads(output)["bytes_per_tenant"])
+
+
 async def _thread_per_tenant(tenants: int, scale: WorkersScale,
                              ) -> tuple[LoadResult, LoadResult, float]:
     """The old strategy's closed loop, one call at a time, and its process RSS growth per
-    tenant (bytes)."""
-    gc.collect()
-    before = rss_bytes()
-    old = ThreadPerTenant([COUNTER_TEMPLATE] * tenants, _EVENT)
+    tenant (bytes, in a fresh process)."""
+    memory = await _memory_probe("old", str(tenants))
+    old = ThreadPerTenant([COUNTER_TEMPLATE] * tenants, EVENT_NAME)
     await asyncio.to_thread(old.start)
-    memory = (rss_bytes() - before) / tenants
     try:
         async def call(lane: int, number: int) -> None:
             await old.call(number % tenants)
@@ -195,7 +204,7 @@ def _quiet(tenant: TenantId, level: str, template: str, message: str) -> None:
 
 
 async def _dispatch_ok(engine: Engine, tenant: TenantId) -> None:
-    results = await engine.dispatch(tenant, Event(_EVENT))
+    results = await engine.dispatch(tenant, Event(EVENT_NAME))
     if len(results) != 1 or not results[0].ok:
         raise RuntimeError(f"a benchmark dispatch to {tenant} failed: {results}")
 
@@ -220,16 +229,14 @@ async def _engine_load(url: str, topology: Topology, workers: int, tenants: Sequ
         async def call(lane: int, number: int) -> None:
             await _dispatch_ok(engine, tenants[number % len(tenants)])
 
-        gc.collect()
-        before = rss_bytes()
         cold = await closed_loop(call, in_flight=1 if single else scale.in_flight,
                                  count=len(tenants))
-        memory = (rss_bytes() - before) / len(tenants)
         warm = await closed_loop(call, in_flight=scale.in_flight, seconds=scale.seconds)
         extra = None
         if single:
             idle = await closed_loop(call, in_flight=1, seconds=scale.seconds / 2)
-            extra = _OneWorkerFigures(cold, idle, memory)
+            extra = _OneWorkerFigures(cold, idle, await _memory_probe(
+                "moonshard", url, str(len(tenants))))
     return cold, warm, extra
 
 
