@@ -69,6 +69,8 @@ _MAX_DEPTH = 100
 _SCOPE_ONLY = frozenset({"scope"})
 # The calls answer_now can answer: point reads of one key.
 _READ_NOW = frozenset({"get", "record"})
+# Writes answered on the calling thread when the rows they need can be read there.
+_WRITE_NOW = frozenset({"set", "delete", "incr", "expire"})
 _SET_OPTIONS = frozenset({"scope", "ttl", "expires_at", "resume"})
 _FIND_OPTIONS = frozenset({"scope", "limit", "after"})
 
@@ -155,7 +157,7 @@ class KVSession(Capability, RunScope):
             "find, count, top, rank, batch)")
 
     def answers_now(self, op: str) -> bool:
-        return op in _READ_NOW and self._points is not None
+        return (op in _READ_NOW or op in _WRITE_NOW) and self._points is not None
 
     def answer_now(self, op: str, args: Sequence[JsonValue]) -> tuple[JsonValue] | None:
         """``get`` and ``record`` on the calling thread: from the run's own writes, or the
@@ -163,6 +165,8 @@ class KVSession(Capability, RunScope):
         ``call``."""
         if not self.answers_now(op):
             return None
+        if op in _WRITE_NOW:
+            return self._write_now(op, args)
         key = args[0] if args else None
         opts = args[1] if len(args) > 1 else None
         try:
@@ -195,6 +199,70 @@ class KVSession(Capability, RunScope):
         try:
             return (self._points.get(self._tenant, scope, key, now=now),)
         except Exception:  # closed, or the database failed: the awaited read will say so
+            return None
+
+    def _write_now(self, op: str, args: Sequence[JsonValue]) -> tuple[JsonValue] | None:
+        """``set``, ``delete``, ``incr`` and ``expire`` on the calling thread, with the rows
+        they need read there: the same checks, rate cost, errors and answer as ``call``, in
+        the same order (the rate is charged before anything but a read is judged). None,
+        having charged and changed nothing, when only the awaited reads can answer."""
+
+        def arg(index: int) -> JsonValue:
+            return args[index] if index < len(args) else None
+
+        try:
+            write, size = self._parse_write(op, arg)
+        except (HostCallError, LimitExceeded):
+            self._begin(1)  # a refused call costs its token, as in ``call``
+            raise
+        entries = self._entries_now([write])
+        if entries is None:
+            return None
+        now = self._clock()
+        staged, results, delta, writes = self._stage([write], entries, now)
+        committed: int | None = None
+        if delta > 0 and not self._within_key_bound(delta, now):
+            committed = self._count_now(now)
+            if committed is None:
+                return None
+        self._begin(1)
+        pending_bytes = self._check_pending_bytes(size, 1)
+        if committed is not None:
+            kvlogic.check_key_limit(delta, self._limits.keys_per_tenant,
+                                    committed + self._overlay_live(now))
+        self._keep(staged, entries, writes, pending_bytes)
+        return (_result_json(results[0], incr=op == "incr"),)
+
+    def _parse_write(self, op: str, arg: Callable[[int], JsonValue]) -> tuple[KVWrite, int]:
+        match op:
+            case "set":
+                return self._parse_set(arg(0), arg(1), arg(2))
+            case "delete":
+                return self._parse_delete(arg(0), arg(1)), 0
+            case "incr":
+                return self._parse_incr(arg(0), arg(1), arg(2)), 0
+        return self._parse_expire(arg(0), arg(1), arg(2)), 0
+
+    def _entries_now(self, writes: list[KVWrite]) -> dict[tuple[str, str], _Pending] | None:
+        """``_load`` on the calling thread; None when the point reads cannot answer."""
+        missing = [row_key for row_key in dict.fromkeys((w.scope, w.key) for w in writes)
+                   if row_key not in self._pending]
+        if missing:
+            if self._points is None:
+                return None
+            try:
+                rows, stored = self._points.load_rows(self._tenant, missing)
+            except Exception:  # closed, or the database failed: the awaited read will say so
+                return None
+            self._add_loaded(missing, rows, stored)
+        return {(w.scope, w.key): self._pending[w.scope, w.key] for w in writes}
+
+    def _count_now(self, now: float) -> int | None:
+        if self._points is None:
+            return None
+        try:
+            return self._points.count(self._tenant, None, now=now)
+        except Exception:
             return None
 
     # -- operations (arguments as the template gave them, unchecked) -----------------------
@@ -234,9 +302,7 @@ class KVSession(Capability, RunScope):
         """Sets (``ttl`` seconds from now) or clears (nil) the expiry of a live key: gives the
         record, or nil when the key does not exist."""
         self._begin(1)
-        options = _options(opts, _SCOPE_ONLY)
-        expires_at = None if ttl is None else self._clock() + _positive(ttl, "ttl")
-        write = KVExpire(_scope(options), _key(key, self._limits), expires_at)
+        write = self._parse_expire(key, ttl, opts)
         (result,) = await self._write([write], 0)
         return _result_json(result)
 
@@ -396,6 +462,11 @@ class KVSession(Capability, RunScope):
         expires_at = self._expiry(options)
         return KVSet(scope, checked_key, value, expires_at, bool(resume)), size
 
+    def _parse_expire(self, key: JsonValue, ttl: JsonValue, opts: JsonValue) -> KVExpire:
+        options = _options(opts, _SCOPE_ONLY)
+        expires_at = None if ttl is None else self._clock() + _positive(ttl, "ttl")
+        return KVExpire(_scope(options), _key(key, self._limits), expires_at)
+
     def _parse_delete(self, key: JsonValue, opts: JsonValue) -> KVDelete:
         options = _options(opts, _SCOPE_ONLY)
         return KVDelete(_scope(options), _key(key, self._limits))
@@ -448,22 +519,42 @@ class KVSession(Capability, RunScope):
                    if row_key not in self._pending]
         if missing:
             rows, stored = await self._store.load_rows(self._tenant, missing)
-            if self._stored_rows is None:
-                self._stored_rows = stored
-            for row_key in missing:
-                self._pending.setdefault(row_key, _Pending(rows.get(row_key)))
+            self._add_loaded(missing, rows, stored)
         return {(w.scope, w.key): self._pending[w.scope, w.key] for w in writes}
+
+    def _add_loaded(self, missing: list[tuple[str, str]],
+                    rows: dict[tuple[str, str], KVRecord], stored: int) -> None:
+        if self._stored_rows is None:
+            self._stored_rows = stored
+        for row_key in missing:
+            self._pending.setdefault(row_key, _Pending(rows.get(row_key)))
 
     async def _write(self, writes: list[KVWrite], value_bytes: int) -> list[KVResult]:
         """Applies ``writes`` to the overlay, all or nothing, and buffers them."""
-        pending_bytes = self._pending_bytes + value_bytes + _WRITE_OVERHEAD * len(writes)
+        pending_bytes = self._check_pending_bytes(value_bytes, len(writes))
+        entries = await self._load(writes)
+        now = self._clock()
+        staged, results, delta, writes = self._stage(writes, entries, now)
+        if delta > 0:
+            await self._check_key_limit(delta, now)
+        self._keep(staged, entries, writes, pending_bytes)
+        return results
+
+    def _check_pending_bytes(self, value_bytes: int, count: int) -> int:
+        """What the run's buffered writes would weigh with these; refuses past the limit."""
+        pending_bytes = self._pending_bytes + value_bytes + _WRITE_OVERHEAD * count
         if pending_bytes > self._max_pending_bytes:
             raise LimitExceeded(
                 "kv.run_writes",
                 f"the writes of one handler run may buffer at most {self._max_pending_bytes} "
                 "bytes until it returns")
-        entries = await self._load(writes)
-        now = self._clock()
+        return pending_bytes
+
+    def _stage(
+        self, writes: list[KVWrite], entries: dict[tuple[str, str], _Pending], now: float,
+    ) -> tuple[dict[tuple[str, str], KVRecord | None], list[KVResult], int, list[KVWrite]]:
+        """The writes applied to the overlay's rows, not kept yet: (new rows, results, the
+        change in live keys, the writes stamped with ``now``)."""
         writes = [dataclasses.replace(write, at=now) for write in writes]
         staged: dict[tuple[str, str], KVRecord | None] = {}
         results: list[KVResult] = []
@@ -475,15 +566,31 @@ class KVSession(Capability, RunScope):
             results.append(result)
         delta = sum(_live(row, now) - _live(entries[row_key].row, now)
                     for row_key, row in staged.items())
-        if delta > 0:
-            await self._check_key_limit(delta, now)
+        return staged, results, delta, writes
+
+    def _keep(self, staged: dict[tuple[str, str], KVRecord | None],
+              entries: dict[tuple[str, str], _Pending], writes: list[KVWrite],
+              pending_bytes: int) -> None:
         for row_key, row in staged.items():
             entry = entries[row_key]
             entry.row = row
             entry.dirty = True
         self._writes.extend(writes)
         self._pending_bytes = pending_bytes
-        return results
+
+    def _within_key_bound(self, delta: int, now: float) -> bool:
+        """Whether ``delta`` more live keys surely fit, without counting the stored ones."""
+        limit = self._limits.keys_per_tenant
+        stored = self._stored_rows or 0
+        # Cheap bound first: each pending key adds at most one live key.
+        if stored + len(self._pending) + delta <= limit:
+            return True
+        return stored + self._overlay_live(now) + delta <= limit
+
+    def _overlay_live(self, now: float) -> int:
+        """How many live keys the run's overlay adds to what is stored."""
+        return sum(_live(entry.row, now) - _live(entry.base, now)
+                   for entry in self._pending.values())
 
     async def _check_key_limit(self, delta: int, now: float) -> None:
         """Refuses writes that would take the tenant past its live-key limit.
@@ -491,17 +598,11 @@ class KVSession(Capability, RunScope):
         The store checks again, exactly, at commit; this check makes the template's own call
         fail, at its line, instead of its whole run at the end.
         """
-        limit = self._limits.keys_per_tenant
-        stored = self._stored_rows or 0
-        # Cheap bound first: each pending key adds at most one live key.
-        if stored + len(self._pending) + delta <= limit:
-            return
-        overlay_before = sum(_live(entry.row, now) - _live(entry.base, now)
-                             for entry in self._pending.values())
-        if stored + overlay_before + delta <= limit:
+        if self._within_key_bound(delta, now):
             return
         committed = await self._store.count(self._tenant, None, now=now)
-        kvlogic.check_key_limit(delta, limit, committed + overlay_before)
+        kvlogic.check_key_limit(delta, self._limits.keys_per_tenant,
+                                committed + self._overlay_live(now))
 
     async def _find(
         self, scope: str, prefix: str, after: str | None, limit: int,

@@ -153,6 +153,15 @@ class PointReads(abc.ABC):
         """``KVStore.get``, on this thread. Raises ``PointReadsClosed`` once the store is
         closed, or the database's own error (the caller then takes the awaited path)."""
 
+    @abc.abstractmethod
+    def load_rows(self, tenant: TenantId, keys: Sequence[tuple[str, str]],
+                  ) -> tuple[dict[tuple[str, str], KVRecord], int]:
+        """``KVStore.load_rows``, on this thread (raises as ``get`` does)."""
+
+    @abc.abstractmethod
+    def count(self, tenant: TenantId, scope: str | None, *, now: float) -> int:
+        """``KVStore.count``, on this thread (raises as ``get`` does)."""
+
     @property
     @abc.abstractmethod
     def served(self) -> int:

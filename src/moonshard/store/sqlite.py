@@ -368,16 +368,30 @@ class SqlitePointReads(PointReads):
         return self._served
 
     def get(self, tenant: TenantId, scope: str, key: str, *, now: float) -> KVRecord | None:
+        rows = self._connection().execute(
+            _KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
+        # A statistic: threads may race on it, which costs a count, never a read.
+        self._served += 1
+        return _record(scope, key, rows[0]) if rows else None
+
+    def load_rows(self, tenant: TenantId, keys: Sequence[tuple[str, str]],
+                  ) -> tuple[dict[tuple[str, str], KVRecord], int]:
+        found = _kv_load_rows(self._connection(), tenant, tuple(keys))
+        self._served += 1
+        return found
+
+    def count(self, tenant: TenantId, scope: str | None, *, now: float) -> int:
+        counted = _kv_count(self._connection(), tenant, scope, now)
+        self._served += 1
+        return counted
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on its first read); raises once closed."""
         conn: sqlite3.Connection | None = getattr(self._thread, "conn", None)
         if self._closed:
             self._close_own(conn)
             raise PointReadsClosed("the store is closed")
-        if conn is None:
-            conn = self._open()
-        rows = conn.execute(_KV_GET, (tenant.kind, tenant.id, scope, key, now)).fetchall()
-        # A statistic: threads may race on it, which costs a count, never a read.
-        self._served += 1
-        return _record(scope, key, rows[0]) if rows else None
+        return conn if conn is not None else self._open()
 
     def _open(self) -> sqlite3.Connection:
         uri = f"file:{urllib.parse.quote(str(self._path))}?mode=ro"
