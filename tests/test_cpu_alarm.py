@@ -48,6 +48,17 @@ def lua_library() -> ctypes.CDLL:
     return library
 
 
+def unhooked_coroutine() -> tuple[lua54.LuaRuntime, object, int]:
+    """A coroutine whose hook is registered but not set, as a worker's run starts: its
+    runtime (kept alive by the caller), the coroutine and its lua_State address."""
+    runtime = lua54.LuaRuntime(register_eval=False)
+    co, address = runtime.execute(
+        "local co = coroutine.create(function() end) "
+        "debug.sethook(co, function() end, '', 0) "
+        "return co, string.format('%p', co)")
+    return runtime, co, int(address, 16)
+
+
 async def run_on_a_thread(vm: TenantVM, event: str) -> object:
     """Steps the run on a thread of its own, as a worker's Lua thread does."""
     run = vm.start_handler("t", 1, Event(event))
@@ -86,12 +97,7 @@ async def test_a_vm_whose_alarm_is_stopped_sets_the_hook_itself() -> None:
 def test_the_signal_arms_the_entered_coroutine_only(alarm: CpuAlarm) -> None:
     # The C part alone: a coroutine with its hook registered but not set gets the count hook
     # when the signal reaches the thread that entered it, and nothing after it left.
-    runtime = lua54.LuaRuntime(register_eval=False)
-    co, address = runtime.execute(
-        "local co = coroutine.create(function() end) "
-        "debug.sethook(co, function() end, '', 0) "
-        "return co, string.format('%p', co)")
-    state = int(address, 16)
+    runtime, co, state = unhooked_coroutine()
     library = lua_library()
     assert library.lua_gethookmask(state) == 0
     signum = signal.SIGRTMIN + 5
@@ -111,16 +117,11 @@ def test_the_signal_arms_the_entered_coroutine_only(alarm: CpuAlarm) -> None:
     thread.start()
     thread.join()
     assert seen == [0, LUA_MASKCOUNT]
-    del co
+    del co, runtime
 
 
 def test_the_alarm_signals_a_step_past_its_budget(alarm: CpuAlarm) -> None:
-    runtime = lua54.LuaRuntime(register_eval=False)
-    co, address = runtime.execute(
-        "local co = coroutine.create(function() end) "
-        "debug.sethook(co, function() end, '', 0) "
-        "return co, string.format('%p', co)")
-    state = int(address, 16)
+    runtime, co, state = unhooked_coroutine()
     library = lua_library()
     armed = threading.Event()
 
@@ -140,7 +141,7 @@ def test_the_alarm_signals_a_step_past_its_budget(alarm: CpuAlarm) -> None:
     thread.start()
     thread.join()
     assert armed.is_set()
-    del co
+    del co, runtime
 
 
 def test_closing_an_alarm_never_waits_on_its_idle_thread() -> None:
