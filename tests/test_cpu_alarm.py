@@ -21,6 +21,7 @@ from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.driver import drive
 from moonshard.sandbox.vm import HOOK_COUNT, TenantVM
 from moonshard.tenants import TenantId
+from moonshard.worker.steps import LuaSteps
 from tests.conftest import RecordingCapability
 
 LUA_MASKCOUNT = 1 << 3
@@ -151,3 +152,35 @@ def test_closing_an_alarm_never_waits_on_its_idle_thread() -> None:
         assert opened is not None
         with opened:
             pass
+
+
+async def test_a_lua_thread_started_with_signals_blocked_still_gets_the_alarm() -> None:
+    # An embedding host may block signals in the thread that starts the worker; the Lua
+    # threads inherit that mask, and the alarm must still reach them.
+    signum = signal.SIGRTMIN + 5
+    outcome: list[object] = []
+
+    def host_thread() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+
+        async def main() -> None:
+            steps = LuaSteps(0, 1, 30.0, lambda *stuck: None)
+            with steps:
+                vm = TenantVM(TenantId.guild(5), Limits(cpu_seconds=0.2),
+                              lambda *line: None, cpu_alarm=steps.cpu_alarm)
+                run = vm.start_load("t", {"init.lua": "return {SPIN = function() "
+                                                      "while true do end end}"})
+                vm.finish_load("t", run.step())
+                spin = vm.start_handler("t", 1, Event("SPIN"))
+                assert spin is not None
+                outcome.append(await drive(spin, {}, steps.runner(TenantId.guild(5), "SPIN")))
+                steps.shutdown(wait=True)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=host_thread, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the spinning run was never stopped"
+    [result] = outcome
+    assert result.limit == "cpu"  # type: ignore[attr-defined]

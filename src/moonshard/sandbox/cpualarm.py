@@ -106,6 +106,11 @@ class CpuAlarm:
         if self._thread.is_alive():
             self._thread.join()
 
+    def accept_on_this_thread(self) -> None:
+        """Unblocks the alarm's signal on the calling thread (a Lua thread), which inherits
+        the signal mask of the thread that started it."""
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {self._signal})
+
     def enter(self, state: int, budget: float) -> None:
         """On a Lua thread: a step of the coroutine at ``state`` starts, with ``budget``
         CPU seconds left. The thread's state is set before its due time, so a signal always

@@ -126,6 +126,10 @@ class LuaSteps:
                     thread.join()
 
     def _serve(self) -> None:
+        if self.cpu_alarm is not None:
+            # A host that blocks signals in the thread that made this one (an embedding
+            # framework's loop thread) must not keep the alarm from reaching Lua.
+            self.cpu_alarm.accept_on_this_thread()
         jobs, watch = self._jobs, self._watchdog.watch
         while (job := jobs.get()) is not None:
             step, label, future = job
