@@ -60,13 +60,20 @@ def unhooked_coroutine() -> tuple[lua54.LuaRuntime, object, int]:
     return runtime, co, int(address, 16)
 
 
-async def run_on_a_thread(vm: TenantVM, event: str) -> object:
-    """Steps the run on a thread of its own, as a worker's Lua thread does."""
+async def run_on_a_thread(vm: TenantVM, event: str, alarm: CpuAlarm | None = None) -> object:
+    """Steps the run on a thread of its own (attached to ``alarm``), as a worker's Lua thread
+    does."""
     run = vm.start_handler("t", 1, Event(event))
     assert run is not None
 
+    def attached(step):  # type: ignore[no-untyped-def]
+        if alarm is None:
+            return step()
+        with alarm.attached():
+            return step()
+
     async def on_thread(step):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(step)
+        return await asyncio.to_thread(attached, step)
 
     return await drive(run, {"kv": RecordingCapability()}, on_thread)
 
@@ -77,7 +84,7 @@ async def test_the_cpu_limit_holds_with_the_alarm(alarm: CpuAlarm, body: str) ->
                   cpu_alarm=alarm)
     run = vm.start_load("t", {"init.lua": f"return {{SPIN = function(ctx, event) {body} end}}"})
     vm.finish_load("t", run.step())
-    result = await run_on_a_thread(vm, "SPIN")
+    result = await run_on_a_thread(vm, "SPIN", alarm)
     assert not result.ok  # type: ignore[attr-defined]
     assert result.limit == "cpu"  # type: ignore[attr-defined]
     assert "cpu time limit exceeded" in result.error  # type: ignore[attr-defined]
@@ -91,7 +98,7 @@ async def test_a_vm_whose_alarm_is_stopped_sets_the_hook_itself() -> None:
                   cpu_alarm=opened)
     run = vm.start_load("t", {"init.lua": "return {SPIN = function() while true do end end}"})
     vm.finish_load("t", run.step())
-    result = await run_on_a_thread(vm, "SPIN")
+    result = await run_on_a_thread(vm, "SPIN", opened)
     assert result.limit == "cpu"  # type: ignore[attr-defined]
 
 
@@ -127,6 +134,10 @@ def test_the_alarm_signals_a_step_past_its_budget(alarm: CpuAlarm) -> None:
     armed = threading.Event()
 
     def step() -> None:
+        with alarm.attached():
+            watched_step()
+
+    def watched_step() -> None:
         alarm.enter(state, 0.01)
         try:
             # Waits as a step would run; the alarm's signal sets the hook meanwhile.
@@ -184,3 +195,25 @@ async def test_a_lua_thread_started_with_signals_blocked_still_gets_the_alarm() 
     assert not thread.is_alive(), "the spinning run was never stopped"
     [result] = outcome
     assert result.limit == "cpu"  # type: ignore[attr-defined]
+
+
+async def test_a_worker_stopping_while_a_run_spins_still_stops_it() -> None:
+    # The alarm outlives the Lua threads' last steps: a stop that waits for a spinning run
+    # ends when the run's CPU limit does.
+    steps = LuaSteps(0, 1, 30.0, lambda *stuck: None)
+    with steps:
+        vm = TenantVM(TenantId.guild(5), Limits(cpu_seconds=0.3), lambda *line: None,
+                      cpu_alarm=steps.cpu_alarm)
+        run = vm.start_load("t", {"init.lua": "return {SPIN = function() while true do end end}"})
+        vm.finish_load("t", run.step())
+        spin = vm.start_handler("t", 1, Event("SPIN"))
+        assert spin is not None
+        running = asyncio.ensure_future(drive(spin, {}, steps.runner(TenantId.guild(5), "SPIN")))
+        await asyncio.sleep(0.05)  # the step is on the Lua thread now
+        stopped = threading.Event()
+        stopper = threading.Thread(target=lambda: (steps.shutdown(wait=True), stopped.set()),
+                                   daemon=True)
+        stopper.start()
+        assert await asyncio.to_thread(stopped.wait, 20), "the stop waited on a spinning run"
+        result = await running
+        assert result.limit == "cpu"

@@ -121,7 +121,7 @@ def run_sandbox_bench(quick: bool = False) -> list[Figure]:
         alarm = CpuAlarm.open(HOOK_COUNT)
         if alarm is not None:
             # As in a worker: the hook is set only when a run's budget is close to spent.
-            with alarm:
+            with alarm, alarm.attached():
                 vm = _build_vm(tenant, limits, alarm)
                 watched = time_calls(lambda: loop.run_until_complete(heavy()),
                                      3 if quick else 10)

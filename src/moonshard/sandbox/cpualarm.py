@@ -16,11 +16,12 @@ alarm is unavailable and VMs set the hook from the start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from lupa import lua54
@@ -63,10 +64,13 @@ def _install(hook_count: int) -> bool:
 class CpuAlarm:
     """Owned by one worker's Lua threads; enter it to start its thread.
 
-    ``enter`` and ``leave`` are called on a Lua thread around each step of a run.
+    A thread that runs steps is ``attached`` for as long as it lives (the alarm signals only
+    attached threads, so never one that has ended); ``enter`` and ``leave`` are called on it
+    around each step of a run.
     """
 
-    __slots__ = ("_busy", "_due", "_enter", "_leave", "_signal", "_stop", "_thread", "_tick")
+    __slots__ = ("_attached", "_busy", "_due", "_enter", "_leave", "_lock", "_signal", "_stop",
+                 "_thread", "_tick")
 
     def __init__(self, enter: Callable[[int], None], leave: Callable[[], None],
                  tick: float) -> None:
@@ -76,6 +80,9 @@ class CpuAlarm:
         self._signal = signal.SIGRTMIN + _SIGNAL_OFFSET
         # Lua thread ident -> monotonic time at which its step's budget may be spent.
         self._due: dict[int, float] = {}
+        # The threads that may be signalled; a thread leaves this set before it ends.
+        self._attached: set[int] = set()
+        self._lock = threading.Lock()
         # Set while steps may be running: an idle alarm sleeps instead of ticking.
         self._busy = threading.Event()
         self._stop = threading.Event()
@@ -106,20 +113,32 @@ class CpuAlarm:
         if self._thread.is_alive():
             self._thread.join()
 
-    def accept_on_this_thread(self) -> None:
-        """Unblocks the alarm's signal on the calling thread (a Lua thread), which inherits
-        the signal mask of the thread that started it."""
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """The calling thread may run steps (and be signalled) inside this block. It unblocks
+        the alarm's signal, since a thread inherits the signal mask of the thread that
+        started it, which an embedding host may have blocked."""
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {self._signal})
+        ident = threading.get_ident()
+        with self._lock:
+            self._attached.add(ident)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._attached.discard(ident)
+                self._due.pop(ident, None)
 
     def enter(self, state: int, budget: float) -> None:
         """On a Lua thread: a step of the coroutine at ``state`` starts, with ``budget``
         CPU seconds left. The thread's state is set before its due time, so a signal always
         finds the step it is meant for (or a later one, armed early: harmless). Raises when
         the alarm is not running: the caller then sets the hook itself."""
-        if not self._thread.is_alive() or self._stop.is_set():
-            raise RuntimeError("the CPU alarm is not running")
+        ident = threading.get_ident()
+        if not self._thread.is_alive() or self._stop.is_set() or ident not in self._attached:
+            raise RuntimeError("the CPU alarm is not running, or not for this thread")
         self._enter(state)
-        self._due[threading.get_ident()] = time.monotonic() + max(0.0, budget)
+        self._due[ident] = time.monotonic() + max(0.0, budget)
         if not self._busy.is_set():
             self._busy.set()
 
@@ -141,5 +160,8 @@ class CpuAlarm:
                 continue
             now = time.monotonic()
             for ident, at in list(due.items()):
-                if at <= now and due.pop(ident, None) is not None:
-                    signal.pthread_kill(ident, signum)
+                if at > now:
+                    continue
+                with self._lock:  # an attached thread has not ended: it detaches first
+                    if due.pop(ident, None) is not None and ident in self._attached:
+                        signal.pthread_kill(ident, signum)

@@ -102,15 +102,15 @@ class LuaSteps:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if self.cpu_alarm is not None:
+        # The alarm goes once no step can need it: a step still running (a thread stuck in
+        # C, left behind) keeps it, a daemon thread, until the process ends.
+        if self.cpu_alarm is not None and not any(t.is_alive() for t in self._threads):
             self.cpu_alarm.close()
         self._watchdog.__exit__(kind, error, trace)
 
     def shutdown(self, *, wait: bool) -> None:
         """Cancels the steps not started yet and ends the threads (waiting for running steps
-        when ``wait``)."""
-        if self.cpu_alarm is not None:
-            self.cpu_alarm.close()  # it signals the Lua threads: it stops before they end
+        when ``wait``: the CPU alarm still stops a spinning one)."""
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -126,10 +126,14 @@ class LuaSteps:
                     thread.join()
 
     def _serve(self) -> None:
-        if self.cpu_alarm is not None:
-            # A host that blocks signals in the thread that made this one (an embedding
-            # framework's loop thread) must not keep the alarm from reaching Lua.
-            self.cpu_alarm.accept_on_this_thread()
+        alarm = self.cpu_alarm
+        if alarm is None:
+            self._serve_jobs()
+            return
+        with alarm.attached():
+            self._serve_jobs()
+
+    def _serve_jobs(self) -> None:
         jobs, watch = self._jobs, self._watchdog.watch
         while (job := jobs.get()) is not None:
             step, label, future = job
