@@ -13,7 +13,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
 
 from moonshard.contracts.worker import (
     Reply,
@@ -28,43 +27,9 @@ from moonshard.store import open_store
 from moonshard.tenants import TenantId
 from moonshard.topology.calls import PendingCalls
 from moonshard.worker.core import WorkerCore
+from moonshard.worker.handoff import LoopBatches
 
 __all__ = ["ThreadWorker"]
-
-_T = TypeVar("_T")
-
-
-class _Batches(Generic[_T]):
-    """Items handed from one thread to a loop on another: one wake-up of that loop carries
-    every item posted since the last, so a busy worker pays one loop wake-up per batch of
-    requests and one per batch of answers, not one per call."""
-
-    __slots__ = ("_items", "_lock", "_loop", "_scheduled", "_take")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 take: Callable[[list[_T]], None]) -> None:
-        self._loop = loop
-        self._take = take
-        self._lock = threading.Lock()
-        self._items: list[_T] = []
-        self._scheduled = False
-
-    def post(self, item: _T) -> None:
-        """From any thread; raises RuntimeError when the loop is closed."""
-        with self._lock:
-            self._items.append(item)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self.flush)
-
-    def flush(self) -> None:
-        """On the loop: hands every posted item over."""
-        with self._lock:
-            items, self._items, self._scheduled = self._items, [], False
-        if items:
-            self._take(items)
-
 
 class ThreadWorker(WorkerHandle):
     """One incarnation: a thread running a ``WorkerCore`` on a loop of its own."""
@@ -93,7 +58,7 @@ class ThreadWorker(WorkerHandle):
         owner = asyncio.get_running_loop()
         self._exit = owner.create_future()
         self._owner = owner
-        self._outbox = _Batches(owner, self._settle)
+        self._outbox = LoopBatches(owner, self._settle)
         self._thread.start()
         await asyncio.to_thread(self._ready.wait)
         if self._start_error is not None:
@@ -123,7 +88,7 @@ class ThreadWorker(WorkerHandle):
         async with await open_store(self._config.database_url) as store:
             self._core = WorkerCore(self._config, store, self._log)
             self._loop = asyncio.get_running_loop()
-            self._inbox = _Batches(self._loop, self._take_requests)
+            self._inbox = LoopBatches(self._loop, self._take_requests)
             # The tasks of the requests being handled (the loop holds tasks weakly).
             self._running: set[asyncio.Task[Reply]] = set()
             self._ready.set()

@@ -21,6 +21,7 @@ from moonshard.sandbox.cpualarm import CpuAlarm
 from moonshard.sandbox.vm import HOOK_COUNT, TenantVM
 from moonshard.sandbox.watchdog import StepWatchdog
 from moonshard.tenants import TenantId
+from moonshard.worker.handoff import LoopBatches
 
 __all__ = ["LuaSteps", "OnStuck"]
 
@@ -34,38 +35,19 @@ OnStuck = Callable[[float, TenantId | None, str], None]
 _Job = tuple[Callable[[], Any], str, "asyncio.Future[Any]"]
 
 
-class _Finished:
-    """Steps finished on Lua threads, waiting for the worker's loop to settle their futures."""
+# A finished step: its future, whether it succeeded, and its value or error.
+_Done = tuple["asyncio.Future[Any]", bool, Any]
 
-    __slots__ = ("_done", "_lock", "_loop", "_scheduled")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._done: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        self._scheduled = False
-
-    def post(self, future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-        """On a Lua thread: wakes the loop only if no wake-up is pending already."""
-        with self._lock:
-            self._done.append((future, ok, value))
-            if self._scheduled:
-                return
-            self._scheduled = True
-        # A closed loop: nobody awaits these any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._settle)
-
-    def _settle(self) -> None:
-        with self._lock:
-            done, self._done, self._scheduled = self._done, [], False
-        for future, ok, value in done:
-            if future.cancelled():
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+def _settle(done: list[_Done]) -> None:
+    """On the worker's loop: settles the futures of finished steps."""
+    for future, ok, value in done:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class LuaSteps:
@@ -88,7 +70,7 @@ class LuaSteps:
         # Which tenant each running step belongs to, by its watchdog label.
         self._labels: dict[str, TenantId] = {}
         self._ids = itertools.count()
-        self._finished: _Finished | None = None
+        self._finished: LoopBatches[_Done] | None = None
         # For the VMs whose steps run here: their CPU hooks are set near a budget's end.
         self.cpu_alarm = CpuAlarm.open(HOOK_COUNT)
 
@@ -139,12 +121,14 @@ class LuaSteps:
             step, label, future = job
             finished = self._finished
             assert finished is not None
+            done: _Done
             try:
-                value = watch(step, label)
+                done = (future, True, watch(step, label))
             except BaseException as error:  # handed to the awaiting coroutine
-                finished.post(future, False, error)
-            else:
-                finished.post(future, True, value)
+                done = (future, False, error)
+            # A closed loop: nobody awaits these any more.
+            with contextlib.suppress(RuntimeError):
+                finished.post(done)
 
     def runner(self, tenant: TenantId, what: str, vm: Callable[[], TenantVM | None] | None = None,
                ) -> Callable[[Callable[[], _T]], Awaitable[_T]]:
@@ -153,7 +137,7 @@ class LuaSteps:
         ``vm()`` gives as broken."""
         loop = asyncio.get_running_loop()
         if self._finished is None:
-            self._finished = _Finished(loop)
+            self._finished = LoopBatches(loop, _settle)
         labels, hard_limit, jobs, ids = self._labels, self._hard_limit, self._jobs, self._ids
         prefix = f"{tenant} {what} #"
 
