@@ -217,3 +217,29 @@ async def test_a_worker_stopping_while_a_run_spins_still_stops_it() -> None:
         assert await asyncio.to_thread(stopped.wait, 20), "the stop waited on a spinning run"
         result = await running
         assert result.limit == "cpu"
+
+
+# Bounded spinners: in a runtime with no limit each runs to its end, far past the budget
+# below; ours must stop every one with the CPU limit.
+BOUNDED_SPINNERS = {
+    "a bare loop": "for i = 1, 5e7 do end return 'finished'",
+    "pcall around the loop": "pcall(function() for i = 1, 5e7 do end end) return 'finished'",
+    "a coroutine of the template":
+        "coroutine.wrap(function() for i = 1, 5e7 do end end)() return 'finished'",
+    "xpcall around the loop":
+        "xpcall(function() for i = 1, 5e7 do end end, print) return 'finished'",
+}
+
+
+@pytest.mark.parametrize("body", BOUNDED_SPINNERS.values(), ids=BOUNDED_SPINNERS.keys())
+async def test_a_spinner_that_an_unrestricted_runtime_lets_finish_is_stopped(
+    alarm: CpuAlarm, body: str,
+) -> None:
+    unrestricted = lua54.LuaRuntime()
+    assert unrestricted.execute(body) == "finished"  # escapes any CPU budget there
+    vm = TenantVM(TenantId.guild(5), Limits(cpu_seconds=0.02), lambda *line: None,
+                  cpu_alarm=alarm)
+    run = vm.start_load("t", {"init.lua": f"return {{SPIN = function(ctx, event) {body} end}}"})
+    vm.finish_load("t", run.step())
+    result = await run_on_a_thread(vm, "SPIN", alarm)
+    assert result.limit == "cpu"  # type: ignore[attr-defined]
